@@ -1,0 +1,152 @@
+"""Keras callbacks for timing, KL warm-up, crash-safe checkpoints, NaN and Ctrl-C handling."""
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from files import atomic_path, write_csv, write_json
+
+
+class TrainingStopped(Exception):
+    """Training ended early; `exit_code` says why (130 SIGINT, 143 SIGTERM, 3 non-finite loss)."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds `epoch_seconds` to the epoch's logs: wall time of training only, not validation."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.end = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self.end is None:
+            self.end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["epoch_seconds"] = (self.end or time.perf_counter()) - self.start
+
+
+class KLWarmup(keras.callbacks.Callback):
+    """beta rises linearly from 0 to its target over `epochs` epochs (Bowman et al., 2016)."""
+
+    def __init__(self, beta, epochs):
+        super().__init__()
+        self.target, self.epochs = beta, epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.beta.assign(self.target * min(1.0, epoch / self.epochs))
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops at the first NaN/Inf loss, naming epoch and step.
+
+    Keras' TerminateOnNaN only sets stop_training, so the epoch's end (and our checkpoint) would
+    still run on the broken weights; raising keeps the last good checkpoint untouched.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingStopped(f"loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}; "
+                                  f"the last good checkpoint and outputs are kept (try a lower --lr)", 3)
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ctrl-C / SIGTERM stop training after the running step; a second Ctrl-C exits at once."""
+
+    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __init__(self):
+        super().__init__()
+        self.received = None
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # second signal: the user really wants out
+            sys.stderr.write("\nsecond interrupt: exiting now\n")
+            sys.exit(self.EXIT_CODES.get(signum, 1))
+        self.received = signum
+        sys.stderr.write(f"\n{signal.Signals(signum).name} received: stopping after this step "
+                         f"(again to exit at once)\n")
+
+    def on_train_begin(self, logs=None):
+        self.previous = {s: signal.signal(s, self._handle) for s in self.EXIT_CODES}
+
+    def on_train_end(self, logs=None):
+        self.restore()
+
+    def restore(self):
+        for s, handler in getattr(self, "previous", {}).items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.received is not None:
+            self.restore()
+            raise TrainingStopped(f"interrupted by {signal.Signals(self.received).name}",
+                                  self.EXIT_CODES[self.received])
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: history.csv, loss curves and a checkpoint, each replaced atomically.
+
+    Why not BackupAndRestore/ModelCheckpoint/CSVLogger: they write in place (a kill while
+    saving breaks the file), and neither stores the history, the sampling RNG state and the
+    weights as one consistent unit. Here the model goes to ckpt-epochNNNN.keras first, then
+    state.json, which names it, is renamed into place: that rename is the commit point.
+    """
+
+    def __init__(self, outdir, history, plot_history, is_chief=True):
+        super().__init__()
+        self.outdir = Path(outdir)
+        self.dir = self.outdir / "checkpoint"
+        self.history = history  # list of per-epoch dicts, continued on resume
+        self.plot_history = plot_history  # callable(rows) that redraws loss_curves.png
+        self.is_chief = is_chief
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted((logs or {}).items())}}
+        self.history.append(row)
+        if not self.is_chief:
+            return
+        write_csv(self.outdir / "history.csv", self.history)
+        self.plot_history(self.history)
+        save_checkpoint(self.model, self.dir, epoch + 1, self.history)
+
+
+def sampling_layer(model):
+    return model.encoder.get_layer("sampling")
+
+
+def save_checkpoint(model, directory, epoch, history):
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"ckpt-epoch{epoch:04d}.keras"
+    with atomic_path(directory / name) as tmp:
+        model.save(tmp)
+    state = {"epoch": epoch, "model": name, "history": history,
+             # .keras files do not hold the SeedGenerator's state; without it a resumed run
+             # would draw the same eps as epoch 1 again.
+             "sampling_seed_state": keras.ops.convert_to_numpy(sampling_layer(model).seed_generator.state).tolist()}
+    write_json(directory / "state.json", state)
+    for old in directory.glob("ckpt-epoch*.keras"):
+        if old.name != name:
+            old.unlink()
+
+
+def load_checkpoint(directory):
+    """(model, state) from the newest consistent checkpoint in `directory`."""
+    state = json.loads((Path(directory) / "state.json").read_text())
+    model = keras.models.load_model(Path(directory) / state["model"])
+    seed_state = sampling_layer(model).seed_generator.state
+    seed_state.assign(np.asarray(state["sampling_seed_state"], dtype=seed_state.dtype))
+    return model, state

@@ -1,0 +1,51 @@
+"""Writing files so that a crash never leaves a half-written one: write beside, then rename."""
+import csv
+import io
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path` (same suffix); rename it onto `path` on success."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path, rows):
+    """rows: list of dicts with the same keys; columns in the order of the first row."""
+    if rows:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(path, buffer.getvalue())
+
+
+def read_csv(path):
+    """Rows of a file written by write_csv, numbers as floats and 'epoch' as int."""
+    with open(path, newline="") as f:
+        rows = [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(f)]
+    for row in rows:
+        row["epoch"] = int(row["epoch"])
+    return rows
