@@ -62,7 +62,7 @@ class Config:
     tensorboard: bool = False
     distribute: str = "none"
     mixed_precision: bool = False
-    jit_compile: bool = True
+    jit_compile: bool = False  # XLA measured slower on CPU: see docs/BENCHMARKS.md
     steps_per_execution: int = 1
 
     def to_dict(self):

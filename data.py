@@ -177,7 +177,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     numbers and uint8 NumPy arrays. Any other global (os.system, eval, ...) is refused, so a
     crafted file cannot run code."""
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how Python 3 writes bytes at protocol 2: str -> bytes only
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:

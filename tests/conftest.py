@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny data sets written in the official file formats, and a script runner."""
+import gzip
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# A small model for end-to-end runs, so each takes seconds.
+TINY_MODEL = ["--encoder-filters", "8,16", "--encoder-dense", "32", "--decoder-filters", "16,8",
+              "--decoder-dense", "", "--latent-dim", "2", "--batch-size", "32"]
+
+
+def write_idx_gz(path, array, magic=None):
+    """An idx file (big-endian header: magic, dims) compressed with gzip, as Fashion-MNIST ships."""
+    array = np.asarray(array, dtype=np.uint8)
+    magic = magic if magic is not None else (0x803 if array.ndim == 3 else 0x801)
+    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def write_fashion_mnist(directory, n_train=256, n_test=128, seed=0):
+    """Four official-format files; images are class-dependent blobs so a model can learn them."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 + label * 2:10 + label * 2, 4:24] = 255
+        images = np.clip(images.astype(int) + rng.integers(0, 30, size=images.shape), 0, 255)
+        write_idx_gz(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx_gz(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
+def write_cifar_batch(path, data, labels, protocol=2):
+    """A batch as the official python-version pickles: dict of bytes keys, (N, 3072) uint8 rows."""
+    batch = {b"batch_label": b"test batch", b"labels": list(map(int, labels)),
+             b"data": np.asarray(data, dtype=np.uint8), b"filenames": [b"x.png"] * len(labels)}
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=protocol)
+
+
+def write_cifar10(directory, n_per_batch=40, n_test=64, seed=0):
+    directory = Path(directory) / "cifar-10-batches-py"
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(1, 6):
+        write_cifar_batch(directory / f"data_batch_{i}", rng.integers(0, 256, (n_per_batch, 3072)),
+                          rng.integers(0, 10, n_per_batch))
+    write_cifar_batch(directory / "test_batch", rng.integers(0, 256, (n_test, 3072)),
+                      rng.integers(0, 10, n_test))
+    return directory.parent
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory):
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion"))
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory):
+    return write_cifar10(tmp_path_factory.mktemp("cifar"))
+
+
+def run_script(script, *args, timeout=240, env=None):
+    """Run a dataset script from the repo root; returns the CompletedProcess (text output)."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def png_size(path):
+    """(width, height) from a PNG's IHDR chunk; fails if the file is not a PNG."""
+    raw = Path(path).read_bytes()[:24]
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", raw[16:24])

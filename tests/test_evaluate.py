@@ -1,0 +1,91 @@
+"""Evaluation numbers: IWAE against the ELBO and exact likelihoods, the BCE floor, bits/dim."""
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common import build_vae, gaussian_kl, log_normal, reconstruction_nll
+from evaluate import bce_floor, bits_per_dim, compute_metrics, elbo_terms, iwae_nll, log_importance_weights
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A 1-D latent model on 4x4 images: small enough to integrate p(x) over z on a grid."""
+    keras.utils.set_random_seed(1)
+    return build_vae((4, 4, 1), 1, encoder_filters=(4,), encoder_dense=(8,), decoder_filters=(4,),
+                     decoder_dense=(8,), seed=1)
+
+
+def images(n=6, seed=0):
+    return (np.random.default_rng(seed).random((n, 4, 4, 1)) > 0.5).astype(np.float32)
+
+
+def exact_log_px(model, x):
+    """log p(x) = log ∫ p(x|z) N(z; 0, 1) dz by a Riemann sum on a fine grid, in log space."""
+    z = np.linspace(-12, 12, 24001, dtype=np.float32)[:, None]
+    logits = model.decode(z)
+    out = []
+    for image in x:
+        log_px_z = -reconstruction_nll(np.broadcast_to(image, (len(z), 4, 4, 1)), logits).numpy()
+        log_pz = -0.5 * (z[:, 0].astype(np.float64) ** 2 + math.log(2 * math.pi))
+        terms = log_px_z + log_pz
+        out.append(np.logaddexp.reduce(terms) + math.log(z[1, 0] - z[0, 0]))
+    return np.array(out)
+
+
+def test_iwae_with_one_sample_equals_the_single_sample_elbo(tiny_model):
+    x = images()
+    eps = np.random.default_rng(3).standard_normal((1, len(x), 1)).astype(np.float32)
+    log_w = log_importance_weights(tiny_model, x, eps).numpy()[0]
+    z_mean, z_log_var = (t.numpy() for t in tiny_model.encode(x))
+    z = z_mean + np.exp(0.5 * z_log_var) * eps[0]
+    elbo = (-reconstruction_nll(x, tiny_model.decode(z)).numpy()
+            + log_normal(z, 0.0, np.zeros_like(z)).numpy() - log_normal(z, z_mean, z_log_var).numpy())
+    np.testing.assert_allclose(log_w, elbo, rtol=1e-5)
+
+
+def test_iwae_is_at_most_the_neg_elbo_on_average(tiny_model):
+    x = images(200, seed=5)
+    reconstruction, kl = elbo_terms(tiny_model, x, seed=0)
+    nll = iwae_nll(tiny_model, x, k=50, seed=0)
+    assert nll.mean() < (reconstruction + kl).mean()
+
+
+def test_iwae_approaches_the_exact_log_likelihood_as_k_grows(tiny_model):
+    x = images(4, seed=7)
+    exact = -exact_log_px(tiny_model, x)
+    errors = [np.mean(iwae_nll(tiny_model, x, k, seed=0) - exact) for k in (1, 10, 100, 3000)]
+    assert errors[0] > errors[1] > errors[2] > errors[3] > -0.01  # an upper bound, tightening
+    assert errors[3] < 0.05  # within 0.05 nats of the exact value at K = 3000
+
+
+def test_metrics_use_beta_one_and_expose_consistent_numbers(tiny_model):
+    x = images(50, seed=2)
+    metrics = compute_metrics(tiny_model, x, iw_samples=20, iwae_images=30, seed=0)
+    assert metrics["test_neg_elbo"] == pytest.approx(metrics["test_reconstruction"] + metrics["test_kl"])
+    assert metrics["test_images"] == 50 and metrics["iwae_images"] == 30
+    assert metrics["test_neg_elbo_bits_per_dim"] == pytest.approx(metrics["test_neg_elbo"] / (16 * math.log(2)))
+    assert metrics["bce_floor"] == 0.0  # binary images: BCE can reach 0
+    again = compute_metrics(tiny_model, x, iw_samples=20, iwae_images=30, seed=0)
+    assert again == metrics  # fixed seed, same numbers
+
+
+def test_bce_floor_matches_a_hand_computation():
+    x = np.array([[0.5, 0.0, 1.0, 0.25], [0.0, 0.0, 1.0, 1.0]], np.float32)
+    h = lambda p: -(p * math.log(p) + (1 - p) * math.log(1 - p))  # noqa: E731
+    assert bce_floor(x) == pytest.approx((h(0.5) + h(0.25) + 0.0) / 2)
+    assert bce_floor((x > 0.5).astype(np.float32)) == 0.0
+
+
+def test_bits_per_dim_divides_by_dims_and_ln2():
+    assert bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
+    assert bits_per_dim(250.0, 3072) == pytest.approx(250.0 / (3072 * 0.6931471805599453))
+
+
+def test_kl_term_of_metrics_is_the_closed_form(tiny_model):
+    x = images(10)
+    _, kl = elbo_terms(tiny_model, x, seed=0)
+    z_mean, z_log_var = tiny_model.encode(x)
+    np.testing.assert_allclose(kl, gaussian_kl(z_mean, z_log_var).numpy(), rtol=1e-6)

@@ -1,0 +1,132 @@
+"""Both scripts end to end on tiny data: every output, eval-only reuse and argument errors."""
+import json
+
+import pytest
+
+from conftest import TINY_MODEL, png_size, run_script
+from files import read_csv
+
+PICTURES = ["loss_curves.png", "samples.png", "reconstructions.png", "latent_space.png",
+            "interpolations.png"]
+METRIC_KEYS = {"test_reconstruction", "test_kl", "test_neg_elbo", "test_images", "test_iwae_nll",
+               "iw_samples", "iwae_images", "test_neg_elbo_bits_per_dim", "test_iwae_bits_per_dim",
+               "bce_floor", "excess_over_floor", "train_seconds", "epochs", "data_source", "likelihood"}
+
+
+@pytest.fixture(scope="module")
+def fashion_run(tmp_path_factory, fashion_dir):
+    outdir = tmp_path_factory.mktemp("fashion_run")
+    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 2,
+                        "--limit", 200, "--iw-samples", 5, "--iwae-images", 50, "--outdir", outdir,
+                        "--seed", 3, *TINY_MODEL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return outdir, result
+
+
+def test_fashion_script_writes_every_output(fashion_run, fashion_dir):
+    outdir, result = fashion_run
+    for name in PICTURES + ["latent_manifold.png"]:  # latent dim 2 also draws the manifold
+        width, height = png_size(outdir / name)
+        assert width > 200 and height > 100, name
+    history = read_csv(outdir / "history.csv")
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert {"loss", "reconstruction_loss", "kl_loss", "val_loss", "val_reconstruction_loss",
+            "val_kl_loss", "epoch_seconds"} <= set(history[0])
+    assert all(row["epoch_seconds"] > 0 for row in history)
+    config = json.loads((outdir / "config.json").read_text())
+    assert config["epochs"] == 2 and config["limit"] == 200 and config["latent_dim"] == 2
+    assert config["data_source"] == str(fashion_dir) and config["train_images"] == 200
+    assert {"tensorflow", "keras", "numpy"} <= set(config["versions"])
+    metrics = json.loads((outdir / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["test_images"] == 128 and metrics["iwae_images"] == 50 and metrics["epochs"] == 2
+    assert metrics["train_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in history))
+    assert metrics["excess_over_floor"] == pytest.approx(metrics["test_neg_elbo"] - metrics["bce_floor"])
+    assert (outdir / "model.keras").stat().st_size > 10_000
+    assert str(outdir) in result.stdout and "test −ELBO" in result.stdout
+
+
+def test_eval_only_reproduces_the_metrics_of_the_run(fashion_run, fashion_dir, tmp_path):
+    outdir, _ = fashion_run
+    result = run_script("vae_fashion_mnist.py", "--eval-only", outdir / "model.keras", "--data-dir",
+                        fashion_dir, "--iw-samples", 5, "--iwae-images", 50, "--seed", 3,
+                        "--outdir", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = json.loads((outdir / "metrics.json").read_text())
+    after = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("test_neg_elbo", "test_reconstruction", "test_kl", "test_iwae_nll", "epochs", "train_seconds"):
+        assert after[key] == pytest.approx(before[key], rel=1e-5), key
+    for name in PICTURES:
+        assert png_size(tmp_path / name)[0] > 200
+
+
+def test_eval_only_rejects_a_model_of_the_other_dataset(fashion_run, cifar_dir, tmp_path):
+    outdir, _ = fashion_run
+    result = run_script("vae_cifar10.py", "--eval-only", outdir / "model.keras", "--data-dir", cifar_dir,
+                        "--outdir", tmp_path)
+    assert result.returncode == 2
+    assert "trained on fashion_mnist" in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_only_rejects_a_different_latent_dim(fashion_run, fashion_dir, tmp_path):
+    outdir, _ = fashion_run
+    result = run_script("vae_fashion_mnist.py", "--eval-only", outdir / "model.keras", "--latent-dim", 8,
+                        "--data-dir", fashion_dir, "--outdir", tmp_path)
+    assert result.returncode == 2 and "--latent-dim 8 does not match" in result.stderr
+
+
+def test_cifar_script_writes_every_output(cifar_dir, tmp_path):
+    result = run_script("vae_cifar10.py", "--data-dir", cifar_dir, "--epochs", 1, "--iw-samples", 3,
+                        "--iwae-images", 20, "--outdir", tmp_path, *TINY_MODEL[:-4], "--latent-dim", 4,
+                        "--batch-size", 50)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in PICTURES:
+        assert png_size(tmp_path / name)[0] > 200, name
+    assert not (tmp_path / "latent_manifold.png").exists()  # only for a 2-D latent
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_images"] == 64 and metrics["dataset"] == "cifar10"
+    assert "differs from the official file" in result.stderr  # test files are not the official ones
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "--epochs must be > 0"),
+    (["--latent-dim", "-1"], "--latent-dim must be > 0"),
+    (["--batch-size", "0"], "--batch-size must be > 0"),
+    (["--limit", "0"], "--limit must be > 0"),
+    (["--beta", "-0.5"], "--beta must be a finite number >= 0"),
+    (["--beta", "nan"], "--beta must be a finite number >= 0"),
+    (["--lr", "0"], "--lr must be a finite number > 0"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--epochs", "ten"], "invalid int value: 'ten'"),
+    (["--distribute", "tpu"], "invalid choice: 'tpu'"),
+    (["--decoder-filters", "8,8,8"], "cannot produce 28x28 images"),
+    (["--encoder-filters", "8,-2"], "sizes must be positive"),
+    (["--eval-only", "missing.keras"], "no model file at missing.keras"),
+    (["--eval-only", "README.md", "--resume"], "cannot be used together"),
+    (["--resume"], "no checkpoint in"),
+    (["--distribute", "multiworker"], "needs the TF_CONFIG"),
+    (["--data-dir", "/nonexistent/folder"], "is not a folder"),
+])
+def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, message):
+    outdir = tmp_path / "out"
+    result = run_script("vae_fashion_mnist.py", *args, "--outdir", outdir, timeout=60,
+                        env={"TF_CONFIG": ""})
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not outdir.exists() or list(outdir.iterdir()) == []
+
+
+def test_an_unwritable_outdir_fails_before_loading_data(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_script("vae_cifar10.py", "--outdir", blocker / "sub", "--data-dir", tmp_path, timeout=60)
+    assert result.returncode == 2 and "cannot be written" in result.stderr
+    assert "CIFAR" not in result.stderr  # failed before looking for data
+
+
+def test_missing_data_exits_1_with_advice_and_no_traceback(tmp_path):
+    result = run_script("vae_fashion_mnist.py", "--data-dir", tmp_path, "--outdir", tmp_path / "o")
+    assert result.returncode == 1
+    assert "missing Fashion-MNIST files" in result.stderr and "Traceback" not in result.stderr
