@@ -204,7 +204,12 @@ class VAE(keras.Model):
                   "reconstruction_loss": rec_mean, "kl_loss": kl_mean}
         for name, value in values.items():
             self.trackers[name].update_state(value, sample_weight=batch)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        results = {name: tracker.result() for name, tracker in self.trackers.items()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3 reduces step outputs across workers with reduce(MEAN, axis=0), which fails
+            # on scalars (tensorflow/tensorflow#72388); rank-1 values reduce back to scalars.
+            results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
+        return results
 
     def train_step(self, data):
         x = data[0] if isinstance(data, tuple) else data

@@ -1,0 +1,158 @@
+"""Crash safety: resume, Ctrl-C/SIGTERM, kill -9, NaN losses, determinism, atomic writes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from callbacks import StopOnSignal, TrainingStopped
+from conftest import ROOT, TINY_MODEL, run_script
+from files import atomic_path, read_csv
+
+QUICK = [*TINY_MODEL, "--iw-samples", "0", "--seed", "5"]
+LOSS_COLUMNS = ["loss", "reconstruction_loss", "kl_loss", "val_loss", "val_reconstruction_loss", "val_kl_loss"]
+# The same seed and inputs give the same numbers up to float32 summation order in multithreaded
+# CPU kernels; README states this tolerance.
+HISTORY_RTOL = 1e-4
+
+
+def losses(history):
+    return np.array([[row[c] for c in LOSS_COLUMNS] for row in history])
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, fashion_dir):
+    outdir = tmp_path_factory.mktemp("straight")
+    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
+                        "--limit", 128, "--outdir", outdir, *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return outdir
+
+
+def test_the_same_seed_gives_the_same_history(straight_run, fashion_dir, tmp_path):
+    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
+                        "--limit", 128, "--outdir", tmp_path, *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(losses(read_csv(tmp_path / "history.csv")),
+                               losses(read_csv(straight_run / "history.csv")), rtol=HISTORY_RTOL)
+
+
+def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(straight_run, fashion_dir, tmp_path):
+    first = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 1,
+                       "--limit", 128, "--outdir", tmp_path, *QUICK)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
+                         "--limit", 128, "--outdir", tmp_path, "--resume", *QUICK)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    history = read_csv(tmp_path / "history.csv")
+    assert [row["epoch"] for row in history] == [1, 2, 3]  # appended, not restarted
+    # Weights, optimizer state, data order and sampling noise all carried over.
+    np.testing.assert_allclose(losses(history), losses(read_csv(straight_run / "history.csv")),
+                               rtol=HISTORY_RTOL)
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_resume_with_a_different_latent_dim_is_refused_without_touching_outputs(straight_run, fashion_dir):
+    before = (straight_run / "history.csv").read_bytes()
+    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 5,
+                        "--outdir", straight_run, "--resume", *QUICK[:-6], "--latent-dim", "7")
+    assert result.returncode == 2 and "--latent-dim 7 does not match" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (straight_run / "history.csv").read_bytes() == before
+
+
+def test_resume_past_the_requested_epochs_is_refused(straight_run, fashion_dir):
+    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
+                        "--outdir", straight_run, "--resume")
+    assert result.returncode == 2 and "already at epoch 3" in result.stderr
+
+
+def start_long_run(fashion_dir, outdir):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "vae_fashion_mnist.py"), "--data-dir", str(fashion_dir),
+                             "--epochs", "500", "--limit", "256", "--outdir", str(outdir), *QUICK],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(outdir, n, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = outdir / "checkpoint" / "state.json"
+        if state.exists() and json.loads(state.read_text())["epoch"] >= n:
+            return
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.2)
+    process.kill()
+    pytest.fail(f"no checkpoint of epoch {n} within {timeout} s")
+
+
+def assert_consistent_checkpoint(outdir):
+    import keras
+    state = json.loads((outdir / "checkpoint" / "state.json").read_text())
+    model = keras.models.load_model(outdir / "checkpoint" / state["model"])
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert len(state["history"]) == state["epoch"]
+    assert len(list((outdir / "checkpoint").glob("*.keras"))) == 1
+    assert not list(outdir.rglob(".*tmp*"))  # no half-written temporary files left behind
+    return state
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_at_a_safe_point_and_says_how_to_resume(fashion_dir, tmp_path, signum, code):
+    process = start_long_run(fashion_dir, tmp_path)
+    wait_for_epochs(tmp_path, 1, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr[-3000:]
+    assert "Resume with:" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    state = assert_consistent_checkpoint(tmp_path)
+    assert len(read_csv(tmp_path / "history.csv")) == state["epoch"]
+    assert (tmp_path / "loss_curves.png").exists() and (tmp_path / "config.json").exists()
+
+
+def test_kill_9_loses_at_most_the_running_epoch(fashion_dir, tmp_path):
+    process = start_long_run(fashion_dir, tmp_path)
+    wait_for_epochs(tmp_path, 2, process)
+    process.kill()  # SIGKILL: no handler runs
+    process.communicate(timeout=30)
+    state = assert_consistent_checkpoint(tmp_path)
+    assert state["epoch"] >= 2
+    resumed = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", state["epoch"] + 1,
+                         "--limit", 256, "--outdir", tmp_path, "--resume", *QUICK)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["epoch"] for r in read_csv(tmp_path / "history.csv")] == list(range(1, state["epoch"] + 2))
+
+
+def test_a_second_interrupt_exits_at_once():
+    handler = StopOnSignal()
+    handler._handle(signal.SIGINT, None)  # first: only remembered
+    with pytest.raises(TrainingStopped, match="interrupted by SIGINT"):
+        handler.on_train_batch_end(0)
+    handler = StopOnSignal()
+    handler._handle(signal.SIGINT, None)
+    with pytest.raises(SystemExit) as exit_info:
+        handler._handle(signal.SIGINT, None)
+    assert exit_info.value.code == 130
+
+
+def test_a_non_finite_loss_stops_training_naming_epoch_and_step(fashion_dir, tmp_path):
+    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3, "--limit", 256,
+                        "--lr", "1e12", "--outdir", tmp_path, *QUICK)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "at epoch 1, step" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "model.keras").exists()  # nothing broken is saved as the result
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash while writing")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
