@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -239,6 +240,7 @@ def evaluate_and_report(model, splits, config, spec, title, outdir, history):
     start = time.perf_counter()
     metrics = compute_metrics(model, splits.x_test, config.iw_samples, config.iwae_images, config.seed)
     metrics.update(eval_seconds=time.perf_counter() - start, dataset=spec.name,
+                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    data_source=splits.source, data_warnings=splits.warnings,
                    epochs=history[-1]["epoch"] if history else None,
                    train_seconds=sum(r["epoch_seconds"] for r in history) if history else None)

@@ -1,0 +1,31 @@
+# `make run` and `make test` do all set-up themselves: a .venv with the requirements.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run cifar test bench clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.installed  ## train Fashion-MNIST at the defaults into outputs/fashion_mnist/
+	$(PY) vae_fashion_mnist.py
+
+cifar: $(VENV)/.installed  ## train CIFAR-10 at the defaults into outputs/cifar10/
+	$(PY) vae_cifar10.py
+
+test: $(VENV)/.dev-installed  ## the whole test suite
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed  ## the benchmarks behind docs/BENCHMARKS.md (about 40 minutes on 2 cores)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf outputs bench/results .pytest_cache
