@@ -24,8 +24,8 @@ cifar: $(VENV)/.installed  ## train CIFAR-10 at the defaults into outputs/cifar1
 test: $(VENV)/.dev-installed  ## the whole test suite
 	$(PY) -m pytest -q tests
 
-bench: $(VENV)/.installed  ## the benchmarks behind docs/BENCHMARKS.md (about 40 minutes on 2 cores)
-	$(PY) bench/run_all.py
+bench: $(VENV)/.installed  ## the benchmarks behind docs/BENCHMARKS.md (about 50 minutes on 2 cores)
+	bash bench/run_all.sh
 
 clean:
 	rm -rf outputs bench/results .pytest_cache

@@ -4,6 +4,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from files import atomic_path  # noqa: E402
 
@@ -41,7 +42,7 @@ def _show(ax, images, ncols):
 def plot_loss_curves(history, path, title=""):
     """history: {'epoch': [...], 'loss': [...], 'val_loss': [...], ...}; one panel per term."""
     epochs = np.asarray(history["epoch"])
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
     for ax, (key, label) in zip(axes, LOSS_PANELS):
         for prefix, style, name in (("", "o-", "train"), ("val_", "s--", "validation (test split)")):
             values = history.get(prefix + key)
@@ -49,6 +50,7 @@ def plot_loss_curves(history, path, title=""):
                 ax.plot(epochs, values, style, markersize=3, label=name)
         ax.set_title(label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)

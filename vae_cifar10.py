@@ -10,9 +10,9 @@ CIFAR10 = DatasetSpec(
     default_outdir="outputs/cifar10",
     presets={
         # Colour images need more capacity and a larger latent than the grey defaults.
-        "default": dict(latent_dim=128, epochs=15, batch_size=128, lr=1e-3,
-                        encoder_filters=[64, 128, 256], encoder_dense=[512],
-                        decoder_filters=[256, 128, 64], decoder_dense=[512]),
+        "default": dict(latent_dim=128, epochs=10, batch_size=128, lr=1e-3, lr_schedule="cosine",
+                        encoder_filters=[32, 64, 128], encoder_dense=[512],
+                        decoder_filters=[128, 64, 32], decoder_dense=[512]),
         "keras-io": KERAS_IO_PRESET,
     })
 

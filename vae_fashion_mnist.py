@@ -10,7 +10,7 @@ FASHION_MNIST = DatasetSpec(
     default_outdir="outputs/fashion_mnist",
     presets={
         # Tuned for quality per second on a 2-core CPU: see docs/BENCHMARKS.md.
-        "default": dict(latent_dim=32, epochs=20, batch_size=128, lr=1e-3,
+        "default": dict(latent_dim=32, epochs=20, batch_size=128, lr=1e-3, lr_schedule="cosine",
                         encoder_filters=[32, 64], encoder_dense=[256],
                         decoder_filters=[64, 32], decoder_dense=[256]),
         "keras-io": KERAS_IO_PRESET,

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every measurement behind docs/BENCHMARKS.md, one after another (about 50 minutes on 2 cores).
+# Run it on an otherwise quiet machine: everything here is timed.
+#   CIFAR_DIR=path/to/cifar-10-batches-py-parent bash bench/run_all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+mkdir -p bench/results docs
+CIFAR_ARGS=${CIFAR_DIR:+--data-dir $CIFAR_DIR}
+
+# 1 + 3. Throughput and distance to the matmul limit: the keras.io loop and the kit back to back.
+$PY bench/throughput.py --epochs 5 --runs reference keras-io default | tee bench/results/throughput.md
+# What else was tried (kept only where faster).
+$PY bench/throughput.py --epochs 3 --runs keras-io-bf16 keras-io-xla keras-io-spe8 \
+    --out bench/results/throughput_tried.json | tee bench/results/throughput_tried.md
+
+# 2. Time to quality on Fashion-MNIST: the keras-io preset for its 30 epochs, then the defaults.
+$PY vae_fashion_mnist.py --preset keras-io --outdir outputs/keras_io
+$PY vae_fashion_mnist.py --outdir outputs/fashion_mnist
+$PY bench/time_to_quality.py --run keras-io=outputs/keras_io --run default=outputs/fashion_mnist \
+    --target 240 --plot docs/elbo_vs_time.png | tee bench/results/time_to_quality.json
+
+# The same exercise for CIFAR-10 (on this machine only the JPEG copy exists: label it so).
+$PY vae_cifar10.py --preset keras-io --epochs 10 $CIFAR_ARGS --outdir outputs/cifar10_keras_io
+$PY vae_cifar10.py $CIFAR_ARGS --outdir outputs/cifar10
+$PY bench/time_to_quality.py --run keras-io=outputs/cifar10_keras_io --run default=outputs/cifar10 \
+    --title "CIFAR-10 (JPEG copy) test −ELBO against training time" \
+    --plot docs/cifar10_elbo_vs_time.png | tee bench/results/cifar10_time_to_quality.json

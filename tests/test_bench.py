@@ -1,0 +1,24 @@
+"""The benchmark's FLOP count against a hand count for the keras.io architecture."""
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+from flops import layer_macs, training_flops_per_image  # noqa: E402
+
+from common import build_vae  # noqa: E402
+
+
+def test_flops_of_the_keras_io_architecture_match_a_hand_count():
+    model = build_vae((28, 28, 1), 2, encoder_filters=(32, 64), encoder_dense=(16,),
+                      decoder_filters=(64, 32), decoder_dense=())
+    encoder = (14 * 14 * 32 * 9 * 1      # Conv2D 32, stride 2: 14x14 outputs, 3x3x1 inputs each
+               + 7 * 7 * 64 * 9 * 32     # Conv2D 64, stride 2
+               + 3136 * 16 + 2 * 16 * 2)  # Dense 16, z_mean and z_log_var
+    decoder = (2 * 3136                  # Dense 7*7*64
+               + 7 * 7 * 64 * 9 * 64     # Conv2DTranspose 64: each of 7x7x64 inputs scatters 3x3x64
+               + 14 * 14 * 64 * 9 * 32   # Conv2DTranspose 32
+               + 28 * 28 * 32 * 9 * 1)   # final Conv2DTranspose to 1 channel, stride 1
+    assert sum(layer_macs(layer) for layer in model.encoder.layers) == encoder
+    assert training_flops_per_image(model) == 6 * (encoder + decoder) == 39_965_568
