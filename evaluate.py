@@ -5,6 +5,7 @@ fixed seed, so the same model and seed give the same numbers in any run.
 """
 import math
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -48,16 +49,19 @@ def log_importance_weights(model, x, eps):
     return log_px + log_pz - log_qz
 
 
-def iwae_nll(model, x, k, seed=0):
+def iwae_nll(model, x, k, seed=0, progress=False):
     """Per-image −log p(x) estimate −log (1/K) Σ w_k, computed with log-sum-exp (never exp(log w))."""
     rng = np.random.default_rng(seed)
     per_call = max(1, IWAE_DECODES_PER_CALL // k)
+    bar = keras.utils.Progbar(len(x), unit_name="image") if progress else None
     out = []
     for i in range(0, len(x), per_call):
         chunk = x[i:i + per_call]
         eps = rng.standard_normal((k, len(chunk), model.latent_dim)).astype(np.float32)
         log_w = log_importance_weights(model, chunk, eps)
         out.append(-(tf.reduce_logsumexp(log_w, axis=0) - math.log(k)).numpy())
+        if bar:
+            bar.add(len(chunk))
     return np.concatenate(out)
 
 
@@ -77,7 +81,7 @@ def bits_per_dim(nats_per_image, dims):
     return nats_per_image / (dims * math.log(2.0))
 
 
-def compute_metrics(model, x_test, iw_samples, iwae_images, seed=0):
+def compute_metrics(model, x_test, iw_samples, iwae_images, seed=0, progress=False):
     """metrics.json's numbers for `model` on the test images (see README, Evaluation)."""
     dims = int(np.prod(x_test.shape[1:]))
     reconstruction, kl = elbo_terms(model, x_test, seed)
@@ -88,7 +92,9 @@ def compute_metrics(model, x_test, iw_samples, iwae_images, seed=0):
                "likelihood": model.likelihood, "iw_samples": int(iw_samples)}
     if iw_samples > 0:
         subset = x_test[:iwae_images]
-        nll = float(np.mean(iwae_nll(model, subset, iw_samples, seed)))
+        if progress:
+            print(f"IWAE estimate, K = {iw_samples}:")
+        nll = float(np.mean(iwae_nll(model, subset, iw_samples, seed, progress)))
         # The same images' −ELBO, so the two can be compared like for like.
         metrics.update(test_iwae_nll=nll, iwae_images=int(len(subset)),
                        test_iwae_bits_per_dim=bits_per_dim(nll, dims),

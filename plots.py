@@ -70,7 +70,8 @@ def plot_reconstructions(originals, reconstructions, path, title, ncols=10):
     rows = []
     for start in range(0, len(originals), ncols):
         rows += [originals[start:start + ncols], reconstructions[start:start + ncols]]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(ncols * 0.8, len(rows) * 0.85 + 0.6))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(ncols * 0.8, len(rows) * 0.85 + 0.6),
+                             layout="constrained")
     for i, (ax, row) in enumerate(zip(np.atleast_1d(axes), rows)):
         _show(ax, row, ncols)
         ax.text(-0.01, 0.5, "input" if i % 2 == 0 else "recon.", transform=ax.transAxes,
@@ -126,7 +127,8 @@ def plot_latent_manifold(images, grid_values, path, title):
 def plot_interpolations(rows, row_labels, path, title):
     """rows: (R, steps, H, W, C); each row decodes a straight line between two posterior means."""
     steps = rows.shape[1]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(steps * 0.8, len(rows) * 0.9 + 0.6))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(steps * 0.8, len(rows) * 0.9 + 0.6),
+                             layout="constrained")
     for ax, row, label in zip(np.atleast_1d(axes), rows, row_labels):
         _show(ax, row, steps)
         ax.text(-0.01, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=8)

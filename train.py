@@ -238,7 +238,8 @@ def evaluate_and_report(model, splits, config, spec, title, outdir, history):
     """metrics.json, the pictures and (given a history) the loss curves; prints the results."""
     print(f"\nEvaluating on {len(splits.x_test)} test images ...")
     start = time.perf_counter()
-    metrics = compute_metrics(model, splits.x_test, config.iw_samples, config.iwae_images, config.seed)
+    metrics = compute_metrics(model, splits.x_test, config.iw_samples, config.iwae_images, config.seed,
+                              progress=True)
     metrics.update(eval_seconds=time.perf_counter() - start, dataset=spec.name,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    data_source=splits.source, data_warnings=splits.warnings,

@@ -17,12 +17,12 @@ $PY bench/throughput.py --epochs 3 --runs keras-io-bf16 keras-io-xla keras-io-sp
 # 2. Time to quality on Fashion-MNIST: the keras-io preset for its 30 epochs, then the defaults.
 $PY vae_fashion_mnist.py --preset keras-io --outdir outputs/keras_io
 $PY vae_fashion_mnist.py --outdir outputs/fashion_mnist
-$PY bench/time_to_quality.py --run keras-io=outputs/keras_io --run default=outputs/fashion_mnist \
+$PY bench/time_to_quality.py --run "keras-io preset (latent 2)=outputs/keras_io" --run "kit defaults (latent 32)=outputs/fashion_mnist" \
     --target 240 --plot docs/elbo_vs_time.png | tee bench/results/time_to_quality.json
 
 # The same exercise for CIFAR-10 (on this machine only the JPEG copy exists: label it so).
 $PY vae_cifar10.py --preset keras-io --epochs 10 $CIFAR_ARGS --outdir outputs/cifar10_keras_io
 $PY vae_cifar10.py $CIFAR_ARGS --outdir outputs/cifar10
-$PY bench/time_to_quality.py --run keras-io=outputs/cifar10_keras_io --run default=outputs/cifar10 \
+$PY bench/time_to_quality.py --run "keras-io preset (latent 2)=outputs/cifar10_keras_io" --run "kit defaults (latent 128)=outputs/cifar10" \
     --title "CIFAR-10 (JPEG copy) test −ELBO against training time" \
     --plot docs/cifar10_elbo_vs_time.png | tee bench/results/cifar10_time_to_quality.json

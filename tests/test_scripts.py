@@ -130,3 +130,20 @@ def test_missing_data_exits_1_with_advice_and_no_traceback(tmp_path):
     result = run_script("vae_fashion_mnist.py", "--data-dir", tmp_path, "--outdir", tmp_path / "o")
     assert result.returncode == 1
     assert "missing Fashion-MNIST files" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_continuous_bernoulli_warmup_and_tensorboard_end_to_end(fashion_dir, tmp_path):
+    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 2, "--limit", 128,
+                        "--likelihood", "continuous-bernoulli", "--kl-warmup", 2, "--tensorboard",
+                        "--iw-samples", 4, "--iwae-images", 20, "--outdir", tmp_path, *TINY_MODEL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["likelihood"] == "continuous-bernoulli"
+    assert metrics["bce_floor"] is None and metrics["excess_over_floor"] is None  # BCE-only notions
+    history = read_csv(tmp_path / "history.csv")
+    # Warm-up: beta = 0 in epoch 1, so the training loss is the reconstruction term alone...
+    assert history[0]["loss"] == pytest.approx(history[0]["reconstruction_loss"], rel=1e-6)
+    # ...and beta = 1/2 in epoch 2.
+    assert history[1]["loss"] == pytest.approx(history[1]["reconstruction_loss"] + 0.5 * history[1]["kl_loss"],
+                                               rel=1e-4)
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))

@@ -1,0 +1,89 @@
+"""Where a training step's time goes: the TensorFlow profiler over N steps, summed by op type.
+
+    python bench/profile_epoch.py --preset keras-io --steps 200
+
+Captures a trace with tf.profiler (the TensorBoard profile format, under bench/results/profile/),
+then reads its XSpace protobuf and sums the host time of each TensorFlow op type, so no profiler
+plugin is needed to see the answer. Also times the input pipeline alone.
+"""
+import argparse
+import collections
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
+
+from config import Config  # noqa: E402
+from train import build_model, compile_model, make_train_dataset  # noqa: E402
+from vae_fashion_mnist import FASHION_MNIST  # noqa: E402
+
+
+def op_times(logdir):
+    """{op type: total milliseconds} from the newest .xplane.pb under logdir (host TF ops)."""
+    path = max(Path(logdir).rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime)
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(path.read_bytes())
+    totals = collections.Counter()
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                # TF ops are traced as "name:Type"; "A::B" events and __inference_* function
+                # calls are executor and function wrappers that contain the ops.
+                op_type = name.rsplit(":", 1)[-1].strip()
+                if ":" in name and "::" not in name and not op_type.startswith("__inference"):
+                    totals[op_type] += event.duration_ps / 1e9
+    return totals
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="keras-io", choices=sorted(FASHION_MNIST.presets))
+    parser.add_argument("--steps", type=int, default=200)
+    args = parser.parse_args()
+    config = Config(**FASHION_MNIST.presets[args.preset])
+    keras.utils.set_random_seed(0)
+    x = FASHION_MNIST.load(None).x_train
+    model = build_model(config, FASHION_MNIST)
+    compile_model(model, config, args.steps)
+
+    # Input pipeline alone: how fast can batches arrive?
+    ds = make_train_dataset(x, config.batch_size, 0, 0, 1).take(args.steps)
+    start = time.perf_counter()
+    for _ in ds:
+        pass
+    pipeline_ms = (time.perf_counter() - start) / args.steps * 1e3
+
+    warm = make_train_dataset(x, config.batch_size, 0, 0, 2)
+    model.fit(warm, steps_per_epoch=20, epochs=1, verbose=0, shuffle=False)  # tracing happens outside the trace
+    logdir = ROOT / "bench" / "results" / "profile" / args.preset
+    tf.profiler.experimental.start(str(logdir))
+    start = time.perf_counter()
+    model.fit(make_train_dataset(x, config.batch_size, 0, 1, 2), steps_per_epoch=args.steps, epochs=1, verbose=0,
+              shuffle=False)
+    step_ms = (time.perf_counter() - start) / args.steps * 1e3
+    tf.profiler.experimental.stop()
+
+    totals = op_times(logdir)
+    traced = sum(totals.values())
+    print(f"preset {args.preset}: {step_ms:.1f} ms per training step while profiled; "
+          f"input pipeline alone {pipeline_ms:.2f} ms per batch")
+    print(f"op time summed over host threads: {traced / args.steps:.1f} ms per step (2 cores run ops in parallel)\n")
+    print("| op type | ms per step | share |")
+    print("|---|---|---|")
+    for op, ms in totals.most_common(12):
+        print(f"| {op} | {ms / args.steps:.2f} | {100 * ms / traced:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
