@@ -8,6 +8,13 @@ import plots
 from evaluate import decode_images, posterior_means
 
 
+def write_loss_curves(history, outdir, title, latent_dim):
+    """loss_curves.png from history rows (one dict per epoch)."""
+    plots.plot_loss_curves({key: [row.get(key) for row in history] for key in history[0]},
+                           Path(outdir) / "loss_curves.png",
+                           f"{title} — latent dim {latent_dim}, epoch {history[-1]['epoch']}")
+
+
 def write_pictures(model, splits, outdir, title, seed=0):
     """samples, reconstructions, latent space, interpolations (+ manifold for a 2-D latent)."""
     outdir = Path(outdir)

@@ -11,14 +11,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import plots
 from callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, StopOnNonFinite, StopOnSignal,
                        TrainingStopped, load_checkpoint)
 from common import build_vae
 from data import DataError
 from evaluate import EVAL_BATCH, compute_metrics
 from files import atomic_path, read_csv, write_json
-from report import format_metrics, write_pictures
+from report import format_metrics, write_loss_curves, write_pictures
 
 
 class UsageError(Exception):
@@ -154,7 +153,7 @@ def run(config, spec):
         return 1
     for warning in splits.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    title = f"{spec.title}" + (" (JPEG copy)" if spec.name == "cifar10" and splits.warnings else "")
+    title = spec.title + data_label(splits)
 
     if config.eval_only:
         return evaluate_and_report(model, splits, config, spec, title, outdir,
@@ -183,13 +182,31 @@ def run(config, spec):
     return evaluate_and_report(model, splits, config, spec, title, outdir, history)
 
 
+def data_label(splits):
+    """What plot titles add when the files are not the official ones (a copy must say so)."""
+    if not splits.warnings:
+        return ""
+    return " (JPEG copy)" if "jpeg" in splits.source.lower() else " (modified copy)"
+
+
 def resume_model(config, spec):
+    restore_saved_options(config)
     model, state = load_checkpoint(Path(config.outdir) / "checkpoint")
     check_model_matches(model, spec, config, f"the checkpoint in {config.outdir}")
     if state["epoch"] >= config.epochs:
         raise UsageError(f"the checkpoint is already at epoch {state['epoch']}; "
                          f"pass --epochs larger than that to train on")
     return model, state
+
+
+def restore_saved_options(config):
+    """On --resume, options not given again come from the interrupted run's config.json, so the
+    continued run uses the same batches, seed and schedule, and config.json stays true."""
+    path = Path(config.outdir) / "config.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    for key, value in saved.items():
+        if hasattr(config, key) and key not in config.explicit and key not in ("resume", "eval_only", "dataset"):
+            setattr(config, key, value)
 
 
 def run_record(config, splits):
@@ -211,9 +228,7 @@ def train_model(model, splits, config, strategy, outdir, history, chief, title, 
             compile_model(model, config, steps)
 
     def draw(rows):
-        plots.plot_loss_curves({k: [r.get(k) for r in rows] for k in rows[0]},
-                               outdir / "loss_curves.png",
-                               f"{title} — latent dim {model.latent_dim}, epoch {rows[-1]['epoch']}")
+        write_loss_curves(rows, outdir, title, model.latent_dim)
 
     callbacks = [EpochTimer(), StopOnNonFinite(), StopOnSignal(),
                  EpochCheckpoint(outdir, history, draw, is_chief=chief)]
@@ -248,9 +263,7 @@ def evaluate_and_report(model, splits, config, spec, title, outdir, history):
     write_json(outdir / "metrics.json", metrics)
     print(format_metrics(metrics))
     if history:
-        plots.plot_loss_curves({k: [r.get(k) for r in history] for k in history[0]},
-                               outdir / "loss_curves.png",
-                               f"{title} — latent dim {model.latent_dim}, epoch {history[-1]['epoch']}")
+        write_loss_curves(history, outdir, title, model.latent_dim)
     epoch_note = f", epoch {history[-1]['epoch']}" if history else ""
     write_pictures(model, splits, outdir, f"{title}{epoch_note}, latent dim {model.latent_dim}",
                    seed=config.seed)

@@ -4,7 +4,6 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from common import build_vae, gaussian_kl, log_normal, reconstruction_nll
 from evaluate import bce_floor, bits_per_dim, compute_metrics, elbo_terms, iwae_nll, log_importance_weights

@@ -48,8 +48,8 @@ def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(straight_r
     first = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 1,
                        "--limit", 128, "--outdir", tmp_path, *QUICK)
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
-                         "--limit", 128, "--outdir", tmp_path, "--resume", *QUICK)
+    # Only --epochs is given again: everything else comes from the first run's config.json.
+    resumed = run_script("vae_fashion_mnist.py", "--epochs", 3, "--outdir", tmp_path, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     history = read_csv(tmp_path / "history.csv")
     assert [row["epoch"] for row in history] == [1, 2, 3]  # appended, not restarted
@@ -57,6 +57,8 @@ def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(straight_r
     np.testing.assert_allclose(losses(history), losses(read_csv(straight_run / "history.csv")),
                                rtol=HISTORY_RTOL)
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 3
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["latent_dim"], config["limit"], config["seed"], config["resume"]) == (2, 128, 5, True)
 
 
 def test_resume_with_a_different_latent_dim_is_refused_without_touching_outputs(straight_run, fashion_dir):
