@@ -14,6 +14,11 @@ $PY bench/throughput.py --epochs 5 --runs reference keras-io default | tee bench
 $PY bench/throughput.py --epochs 3 --runs keras-io-bf16 keras-io-xla keras-io-spe8 \
     --out bench/results/throughput_tried.json | tee bench/results/throughput_tried.md
 
+# oneDNN and thread settings, each against the same baseline run just before it.
+$PY bench/throughput.py --epochs 3 --runs keras-io --out bench/results/threads_baseline.json
+TF_ENABLE_ONEDNN_OPTS=0 $PY bench/throughput.py --epochs 3 --runs keras-io --out bench/results/threads_onednn_off.json
+TF_NUM_INTEROP_THREADS=1 $PY bench/throughput.py --epochs 3 --runs keras-io --out bench/results/threads_interop1.json
+
 # 2. Time to quality on Fashion-MNIST: the keras-io preset for its 30 epochs, then the defaults.
 $PY vae_fashion_mnist.py --preset keras-io --outdir outputs/keras_io
 $PY vae_fashion_mnist.py --outdir outputs/fashion_mnist
