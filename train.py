@@ -135,6 +135,8 @@ def with_sharding(ds):
 def run(config, spec):
     """Train (or with --eval-only just evaluate) and write every output. Returns the exit code."""
     outdir = Path(config.outdir)
+    if config.resume:
+        restore_saved_options(config)  # before the runtime: seed, precision and strategy too
     strategy = set_up_runtime(config)
     try:
         with strategy.scope():
@@ -190,7 +192,6 @@ def data_label(splits):
 
 
 def resume_model(config, spec):
-    restore_saved_options(config)
     model, state = load_checkpoint(Path(config.outdir) / "checkpoint")
     check_model_matches(model, spec, config, f"the checkpoint in {config.outdir}")
     if state["epoch"] >= config.epochs:
@@ -205,7 +206,8 @@ def restore_saved_options(config):
     path = Path(config.outdir) / "config.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
     for key, value in saved.items():
-        if hasattr(config, key) and key not in config.explicit and key not in ("resume", "eval_only", "dataset"):
+        if hasattr(config, key) and key not in config.explicit \
+                and key not in ("resume", "eval_only", "dataset"):
             setattr(config, key, value)
 
 
