@@ -1,9 +1,9 @@
 """Train a VAE on CIFAR-10 (32x32 RGB). `python vae_cifar10.py --help` lists options."""
 import sys
 
-from cli import main
-from config import KERAS_IO_PRESET, DatasetSpec
-from data import load_cifar10
+from kit.cli import main
+from kit.config import KERAS_IO_PRESET, DatasetSpec
+from kit.data import load_cifar10
 
 CIFAR10 = DatasetSpec(
     name="cifar10", title="CIFAR-10", image_shape=(32, 32, 3), load=load_cifar10,

@@ -1,9 +1,9 @@
 """Train a VAE on Fashion-MNIST (28x28 grey). `python vae_fashion_mnist.py --help` lists options."""
 import sys
 
-from cli import main
-from config import KERAS_IO_PRESET, DatasetSpec
-from data import load_fashion_mnist
+from kit.cli import main
+from kit.config import KERAS_IO_PRESET, DatasetSpec
+from kit.data import load_fashion_mnist
 
 FASHION_MNIST = DatasetSpec(
     name="fashion_mnist", title="Fashion-MNIST", image_shape=(28, 28, 1), load=load_fashion_mnist,

@@ -22,7 +22,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from data import load_fashion_mnist  # noqa: E402
+from kit.data import load_fashion_mnist  # noqa: E402
 
 
 class Sampling(layers.Layer):

@@ -21,8 +21,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-from config import Config  # noqa: E402
-from train import build_model, compile_model, make_train_dataset  # noqa: E402
+from kit.config import Config  # noqa: E402
+from kit.run import build_model, compile_model, make_train_dataset  # noqa: E402
 from vae_fashion_mnist import FASHION_MNIST  # noqa: E402
 
 

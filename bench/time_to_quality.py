@@ -16,8 +16,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from files import read_csv  # noqa: E402
-from plots import plot_curves_vs_time  # noqa: E402
+from kit.atomic_files import read_csv  # noqa: E402
+from kit.pictures import plt, save_figure  # noqa: E402
+
+
+def plot_curves_vs_time(curves, path, title, ylabel, target=None):
+    """curves: {name: (seconds, values)}; used by bench/ for test −ELBO against wall-clock time."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, (seconds, values) in curves.items():
+        ax.plot(seconds, values, "o-", markersize=3, label=name)
+    if target is not None:
+        ax.axhline(target, color="gray", linestyle=":", label=f"target {target:g}")
+    ax.set_xlabel("wall-clock training time (s)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    save_figure(fig, path)
 
 
 def elbo_curve(run_dir):

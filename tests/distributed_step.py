@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import build_vae  # noqa: E402
-from train import make_strategy  # noqa: E402
+from kit.run import make_strategy  # noqa: E402
 
 
 def one_step(strategy, initial_weights, x):

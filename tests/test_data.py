@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data
+from kit import data
 from conftest import write_cifar10, write_cifar_batch, write_fashion_mnist, write_idx_gz
-from data import DataError, load_cifar10, load_fashion_mnist
+from kit.data import DataError, load_cifar10, load_fashion_mnist
 
 
 @pytest.fixture

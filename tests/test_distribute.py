@@ -11,7 +11,7 @@ import pytest
 
 from common import build_vae
 from conftest import ROOT, TINY_MODEL, run_script
-from files import read_csv
+from kit.atomic_files import read_csv
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 

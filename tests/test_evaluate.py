@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common import build_vae, gaussian_kl, log_normal, reconstruction_nll
-from evaluate import bce_floor, bits_per_dim, compute_metrics, elbo_terms, iwae_nll, log_importance_weights
+from kit.evaluate import bce_floor, bits_per_dim, compute_metrics, elbo_terms, iwae_nll, log_importance_weights
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import config
+from kit import config
 from common import (LIKELIHOODS, VAE, Sampling, bernoulli_nll, build_decoder, build_encoder,
                     build_vae, continuous_bernoulli_log_norm, continuous_bernoulli_mean, gaussian_kl,
                     reconstruction_nll)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-import data
+from kit import data
 from conftest import run_script
 
 CIFAR_DIR = os.environ.get("VAE_CIFAR10_DIR")

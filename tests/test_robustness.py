@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import common  # noqa: F401  (registers the VAE classes for keras.models.load_model)
-from callbacks import StopOnSignal, TrainingStopped
+from kit.callbacks import StopOnSignal, TrainingStopped
 from conftest import ROOT, TINY_MODEL, run_script
-from files import atomic_path, read_csv
+from kit.atomic_files import atomic_path, read_csv
 
 # Constant LR: a cosine schedule's length depends on --epochs, and these tests compare runs of
 # different --epochs (README: Interrupted runs).

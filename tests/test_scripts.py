@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import TINY_MODEL, png_size, run_script
-from files import read_csv
+from kit.atomic_files import read_csv
 
 PICTURES = ["loss_curves.png", "samples.png", "reconstructions.png", "latent_space.png",
             "interpolations.png"]

@@ -2,7 +2,7 @@
 import os
 import sys
 
-from config import parse_config
+from kit.config import parse_config
 
 
 def main(spec, argv=None):
@@ -10,7 +10,7 @@ def main(spec, argv=None):
     config = parse_config(spec, argv)  # exits 2 on bad input, before any data or TensorFlow
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
     try:
-        import train  # TensorFlow takes seconds to import: only once the arguments are good
+        from kit import run as train  # TensorFlow takes seconds to import: only once the arguments are good
         return train.run(config, spec)
     except KeyboardInterrupt:  # Ctrl-C outside training (loading, evaluating): no traceback
         print("\ninterrupted", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Pictures of a run. Each function takes arrays and a path, writes one PNG, returns nothing."""
+"""Pictures of a run and its metrics as a table. The plot_* functions take arrays and a path and
+write one PNG; write_* functions decode a model's images first."""
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
@@ -6,14 +7,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from files import atomic_path  # noqa: E402
+from pathlib import Path  # noqa: E402
+from statistics import NormalDist  # noqa: E402
+
+from kit.atomic_files import atomic_path  # noqa: E402
+from kit.evaluate import decode_images, posterior_means  # noqa: E402
 
 LOSS_PANELS = (("loss", "Total loss (−ELBO with training β)"),
                ("reconstruction_loss", "Reconstruction (nats/image)"),
                ("kl_loss", "KL divergence (nats/image)"))
 
 
-def _save(fig, path):
+def save_figure(fig, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -54,7 +59,7 @@ def plot_loss_curves(history, path, title=""):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_image_grid(images, path, title, ncols=10):
@@ -62,7 +67,7 @@ def plot_image_grid(images, path, title, ncols=10):
     fig, ax = plt.subplots(figsize=(ncols * 0.8, int(np.ceil(len(images) / ncols)) * 0.8 + 0.6))
     _show(ax, images, ncols)
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_reconstructions(originals, reconstructions, path, title, ncols=10):
@@ -77,7 +82,7 @@ def plot_reconstructions(originals, reconstructions, path, title, ncols=10):
         ax.text(-0.01, 0.5, "input" if i % 2 == 0 else "recon.", transform=ax.transAxes,
                 ha="right", va="center", fontsize=9)
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def pca_2d(points):
@@ -105,7 +110,7 @@ def plot_latent_space(z_mean, labels, class_names, path, title):
         ax.set_ylabel("principal component 2")
     ax.legend(markerscale=4, fontsize=8, loc="best")
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_latent_manifold(images, grid_values, path, title):
@@ -121,7 +126,7 @@ def plot_latent_manifold(images, grid_values, path, title):
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_interpolations(rows, row_labels, path, title):
@@ -133,19 +138,79 @@ def plot_interpolations(rows, row_labels, path, title):
         _show(ax, row, steps)
         ax.text(-0.01, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=8)
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def plot_curves_vs_time(curves, path, title, ylabel, target=None):
-    """curves: {name: (seconds, values)}; used by bench/ for test −ELBO against wall-clock time."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, (seconds, values) in curves.items():
-        ax.plot(seconds, values, "o-", markersize=3, label=name)
-    if target is not None:
-        ax.axhline(target, color="gray", linestyle=":", label=f"target {target:g}")
-    ax.set_xlabel("wall-clock training time (s)")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
-    _save(fig, path)
+# --- what a run writes -------------------------------------------------------------------------
+def write_loss_curves(history, outdir, title, latent_dim):
+    """loss_curves.png from history rows (one dict per epoch)."""
+    plot_loss_curves({key: [row.get(key) for row in history] for key in history[0]},
+                           Path(outdir) / "loss_curves.png",
+                           f"{title} — latent dim {latent_dim}, epoch {history[-1]['epoch']}")
+
+
+def write_pictures(model, splits, outdir, title, seed=0):
+    """samples, reconstructions, latent space, interpolations (+ manifold for a 2-D latent)."""
+    outdir = Path(outdir)
+    rng = np.random.default_rng(seed)
+    latent = model.latent_dim
+    plot_image_grid(decode_images(model, rng.standard_normal((100, latent))),
+                          outdir / "samples.png", f"Samples from z ~ N(0, I) — {title}")
+
+    originals = splits.x_test[:30]
+    means = posterior_means(model, originals)
+    plot_reconstructions(originals, decode_images(model, means), outdir / "reconstructions.png",
+                               f"Test images and reconstructions (posterior mean) — {title}")
+
+    z_test = posterior_means(model, splits.x_test)
+    how = "" if latent == 2 else f" (PCA of {latent} dims)"
+    plot_latent_space(z_test, splits.y_test, splits.class_names, outdir / "latent_space.png",
+                            f"Test-set posterior means{how} — {title}")
+
+    if latent == 2:
+        grid = gaussian_quantiles(15)
+        zz = np.array([[x, y] for y in grid[::-1] for x in grid], dtype=np.float32)
+        plot_latent_manifold(decode_images(model, zz), grid, outdir / "latent_manifold.png",
+                                   f"Decoder over Gaussian quantiles of z — {title}")
+
+    pairs = interpolation_pairs(splits.y_test, rows=8, rng=rng)
+    steps = np.linspace(0.0, 1.0, 10, dtype=np.float32)[:, None]
+    rows = np.stack([decode_images(model, (1 - steps) * z_test[a] + steps * z_test[b]) for a, b in pairs])
+    labels = [f"{splits.class_names[splits.y_test[a]]} → {splits.class_names[splits.y_test[b]]}"
+              for a, b in pairs]
+    plot_interpolations(rows, labels, outdir / "interpolations.png",
+                              f"Interpolations between posterior means — {title}")
+
+
+def gaussian_quantiles(n):
+    """n points of N(0, 1) at evenly spaced probabilities, so the grid covers the prior evenly."""
+    return np.array([NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, n)])
+
+
+def interpolation_pairs(labels, rows, rng):
+    """`rows` pairs of test indices whose classes differ."""
+    pairs = []
+    while len(pairs) < rows:
+        a, b = rng.integers(len(labels), size=2)
+        if labels[a] != labels[b]:
+            pairs.append((int(a), int(b)))
+    return pairs
+
+
+def format_metrics(metrics):
+    """A small aligned table of the headline numbers."""
+    rows = [("test −ELBO", "test_neg_elbo", "nats/image"),
+            ("  reconstruction", "test_reconstruction", "nats/image"),
+            ("  KL", "test_kl", "nats/image"),
+            ("−ELBO", "test_neg_elbo_bits_per_dim", "bits/dim"),
+            (f"IWAE NLL (K={metrics.get('iw_samples')}, {metrics.get('iwae_images')} images)",
+             "test_iwae_nll", "nats/image"),
+            ("IWAE NLL", "test_iwae_bits_per_dim", "bits/dim"),
+            ("BCE floor", "bce_floor", "nats/image"),
+            ("excess over floor", "excess_over_floor", "nats/image")]
+    lines = []
+    for label, key, unit in rows:
+        value = metrics.get(key)
+        if value is not None:
+            lines.append(f"  {label:<36} {value:>10.4f}  {unit}")
+    return "\n".join(lines)

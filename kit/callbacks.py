@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from files import atomic_path, write_csv, write_json
+from kit.atomic_files import atomic_path, write_csv, write_json
 
 
 class TrainingStopped(Exception):

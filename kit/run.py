@@ -11,13 +11,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, StopOnNonFinite, StopOnSignal,
+from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, StopOnNonFinite, StopOnSignal,
                        TrainingStopped, load_checkpoint)
 from common import build_vae
-from data import DataError
-from evaluate import EVAL_BATCH, compute_metrics
-from files import atomic_path, read_csv, write_json
-from report import format_metrics, write_loss_curves, write_pictures
+from kit.data import DataError
+from kit.evaluate import EVAL_BATCH, compute_metrics
+from kit.atomic_files import atomic_path, read_csv, write_json
+from kit.pictures import format_metrics, write_loss_curves, write_pictures
 
 
 class UsageError(Exception):

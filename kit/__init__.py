@@ -1,0 +1,1 @@
+"""Support modules of the VAE kit: data, options, training run, evaluation, pictures."""
