@@ -16,9 +16,15 @@ LOG_2PI = math.log(2.0 * math.pi)
 CB_TAYLOR_CUTOFF = 0.05
 
 
+def reparameterize(z_mean, z_log_var, eps):
+    """z = mean + exp(½ log σ²) · ε: a sample of q(z|x) differentiable in its parameters
+    (the reparameterization trick, Kingma & Welling 2014, §2.4)."""
+    return z_mean + ops.exp(0.5 * z_log_var) * eps
+
+
 @keras.saving.register_keras_serializable(package="vae_kit")
 class Sampling(layers.Layer):
-    """Reparameterisation trick: z = mean + exp(0.5 * log_var) * eps, eps ~ N(0, I)."""
+    """z ~ q(z|x) with ε ~ N(0, I) drawn from the layer's seeded generator."""
 
     def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -28,7 +34,7 @@ class Sampling(layers.Layer):
     def call(self, inputs):
         z_mean, z_log_var = inputs
         eps = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
-        return z_mean + ops.exp(0.5 * z_log_var) * eps
+        return reparameterize(z_mean, z_log_var, eps)
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
@@ -76,11 +82,15 @@ def build_decoder(latent_dim, image_shape, conv_filters=(64, 32), dense_units=()
 # ---------------------------------------------------------------------------------------------
 # Loss terms. Every function returns one value per image (shape [batch]) in nats, in float32.
 
+def sum_per_image(values):
+    """(batch, ...) -> (batch,): the sum over every axis but the first."""
+    return ops.sum(ops.reshape(values, (ops.shape(values)[0], -1)), axis=1)
+
+
 def bernoulli_nll(x, logits):
     """Binary cross-entropy summed over pixels, from logits: max(l,0) - l*x + log(1+exp(-|l|))."""
-    per_pixel = tf.nn.sigmoid_cross_entropy_with_logits(labels=ops.cast(x, "float32"),
-                                                        logits=ops.cast(logits, "float32"))
-    return ops.sum(ops.reshape(per_pixel, (ops.shape(per_pixel)[0], -1)), axis=1)
+    return sum_per_image(ops.binary_crossentropy(ops.cast(x, "float32"), ops.cast(logits, "float32"),
+                                                 from_logits=True))
 
 
 def continuous_bernoulli_log_norm(logits):
@@ -115,7 +125,7 @@ def reconstruction_nll(x, logits, likelihood="bernoulli"):
     nll = bernoulli_nll(x, logits)
     if likelihood == "continuous-bernoulli":
         log_norm = continuous_bernoulli_log_norm(logits)
-        nll = nll - ops.sum(ops.reshape(log_norm, (ops.shape(log_norm)[0], -1)), axis=1)
+        nll = nll - sum_per_image(log_norm)
     return nll
 
 
@@ -173,7 +183,7 @@ class VAE(keras.Model):
         """z ~ q(z|x) through the Sampling layer, or from a given eps (for reproducible estimates)."""
         if eps is None:
             return self.encoder.get_layer("sampling")([z_mean, z_log_var])
-        return z_mean + ops.exp(0.5 * z_log_var) * eps
+        return reparameterize(z_mean, z_log_var, eps)
 
     def decode(self, z, training=False):
         """Logits of p(x|z)."""
@@ -204,12 +214,7 @@ class VAE(keras.Model):
                   "reconstruction_loss": rec_mean, "kl_loss": kl_mean}
         for name, value in values.items():
             self.trackers[name].update_state(value, sample_weight=batch)
-        results = {name: tracker.result() for name, tracker in self.trackers.items()}
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras 3 reduces step outputs across workers with reduce(MEAN, axis=0), which fails
-            # on scalars (tensorflow/tensorflow#72388); rank-1 values reduce back to scalars.
-            results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
-        return results
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def train_step(self, data):
         x = data[0] if isinstance(data, tuple) else data

@@ -1,20 +1,63 @@
-"""Train a VAE on CIFAR-10 (32x32 RGB). `python vae_cifar10.py --help` lists options."""
+"""Train a VAE on CIFAR-10 (32x32 RGB), then evaluate it and draw its pictures.
+
+    python vae_cifar10.py --help
+
+Top to bottom: the defaults table, then main(): options, data, model, fit, evaluation, pictures.
+The model and its maths are in common.py; the named helpers in kit/.
+"""
 import sys
 
-from kit.cli import main
-from kit.config import KERAS_IO_PRESET, DatasetSpec
+from kit.config import KERAS_IO_PRESET, DatasetSpec, parse_config
 from kit.data import load_cifar10
+from kit.errors import exit_code_of
 
 CIFAR10 = DatasetSpec(
     name="cifar10", title="CIFAR-10", image_shape=(32, 32, 3), load=load_cifar10,
     default_outdir="outputs/cifar10",
     presets={
         # Colour images need more capacity and a larger latent than the grey defaults.
-        "default": dict(latent_dim=128, epochs=10, batch_size=128, lr=1e-3, lr_schedule="cosine",
+        "default": dict(latent_dim=128, epochs=10, batch_size=128, beta=1.0, lr=1e-3,
+                        lr_schedule="cosine", kl_warmup=0, likelihood="bernoulli",
                         encoder_filters=[32, 64, 128], encoder_dense=[512],
                         decoder_filters=[128, 64, 32], decoder_dense=[512]),
         "keras-io": KERAS_IO_PRESET,
     })
 
+
+def main(argv=None):
+    config = parse_config(CIFAR10, argv)  # a bad option: one line, exit 2, no TensorFlow yet
+    from common import build_vae  # TensorFlow takes seconds to import
+    from kit import run
+
+    strategy = run.set_up_runtime(config)  # seeds, precision policy, tf.distribute strategy
+    if config.eval_only:
+        return run.evaluate_saved_model(config, CIFAR10)
+    splits = run.load_data(config, CIFAR10)
+
+    steps_per_epoch = run.steps_per_epoch(config, splits)
+    with strategy.scope():
+        if config.resume:  # weights, optimizer state and history from the checkpoint
+            model, history = run.resume_from_checkpoint(config, CIFAR10)
+        else:
+            model, history = build_vae(CIFAR10.image_shape, dataset=CIFAR10.name,
+                                       seed=config.seed, **config.model_options()), []
+            model.compile(optimizer=run.adam(config, steps_per_epoch), jit_compile=config.jit_compile,
+                          steps_per_execution=config.steps_per_execution)
+    model.summary()
+    run.write_run_record(config, splits)
+
+    with run.resume_hint_on_stop(config, history):
+        model.fit(run.train_batches(config, splits.x_train, first_epoch=len(history)),
+                  validation_data=run.test_batches(splits.x_test), epochs=config.epochs,
+                  initial_epoch=len(history), steps_per_epoch=steps_per_epoch,
+                  callbacks=run.training_callbacks(config, CIFAR10, splits, history))
+    if not run.is_chief():
+        return 0  # in a cluster, the chief writes the results
+    run.save_model(model, config)
+    run.evaluate(model, config, CIFAR10, splits, history)
+    run.draw_pictures(model, config, CIFAR10, splits, history)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(CIFAR10))
+    sys.exit(exit_code_of(main))

@@ -21,8 +21,9 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-from kit.config import Config  # noqa: E402
-from kit.run import build_model, compile_model, make_train_dataset  # noqa: E402
+from common import build_vae  # noqa: E402
+from kit.config import parse_config  # noqa: E402
+from kit.run import adam, train_batches  # noqa: E402
 from vae_fashion_mnist import FASHION_MNIST  # noqa: E402
 
 
@@ -51,25 +52,26 @@ def main():
     parser.add_argument("--preset", default="keras-io", choices=sorted(FASHION_MNIST.presets))
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
-    config = Config(**FASHION_MNIST.presets[args.preset])
+    config = parse_config(FASHION_MNIST, ["--preset", args.preset, "--epochs", "2", "--outdir",
+                                          str(ROOT / "bench" / "results" / "profile")])
     keras.utils.set_random_seed(0)
     x = FASHION_MNIST.load(None).x_train
-    model = build_model(config, FASHION_MNIST)
-    compile_model(model, config, args.steps)
+    model = build_vae(FASHION_MNIST.image_shape, seed=0, **config.model_options())
+    model.compile(optimizer=adam(config, args.steps))
 
     # Input pipeline alone: how fast can batches arrive?
-    ds = make_train_dataset(x, config.batch_size, 0, 0, 1).take(args.steps)
+    ds = train_batches(config, x, first_epoch=1).take(args.steps)
     start = time.perf_counter()
     for _ in ds:
         pass
     pipeline_ms = (time.perf_counter() - start) / args.steps * 1e3
 
-    warm = make_train_dataset(x, config.batch_size, 0, 0, 2)
+    warm = train_batches(config, x, first_epoch=0)
     model.fit(warm, steps_per_epoch=20, epochs=1, verbose=0, shuffle=False)  # tracing happens outside the trace
     logdir = ROOT / "bench" / "results" / "profile" / args.preset
     tf.profiler.experimental.start(str(logdir))
     start = time.perf_counter()
-    model.fit(make_train_dataset(x, config.batch_size, 0, 1, 2), steps_per_epoch=args.steps, epochs=1, verbose=0,
+    model.fit(train_batches(config, x, first_epoch=1), steps_per_epoch=args.steps, epochs=1, verbose=0,
               shuffle=False)
     step_ms = (time.perf_counter() - start) / args.steps * 1e3
     tf.profiler.experimental.stop()

@@ -56,11 +56,12 @@ def run_kit(name, epochs):
 def flops_of(name):
     """Training FLOPs per image of the architecture a run uses."""
     from flops import training_flops_per_image
-    from train import build_model
-    from config import Config
+    from common import build_vae
+    from kit.config import parse_config
     from vae_fashion_mnist import FASHION_MNIST
     preset = "keras-io" if name == "reference" or "keras-io" in name else "default"
-    return training_flops_per_image(build_model(Config(**FASHION_MNIST.presets[preset]), FASHION_MNIST))
+    config = parse_config(FASHION_MNIST, ["--preset", preset, "--outdir", str(RESULTS)])
+    return training_flops_per_image(build_vae(FASHION_MNIST.image_shape, **config.model_options()))
 
 
 def main():

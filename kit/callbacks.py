@@ -10,14 +10,7 @@ import keras
 import numpy as np
 
 from kit.atomic_files import atomic_path, write_csv, write_json
-
-
-class TrainingStopped(Exception):
-    """Training ended early; `exit_code` says why (130 SIGINT, 143 SIGTERM, 3 non-finite loss)."""
-
-    def __init__(self, message, exit_code):
-        super().__init__(message)
-        self.exit_code = exit_code
+from kit.errors import TrainingStopped
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -95,6 +88,26 @@ class StopOnSignal(keras.callbacks.Callback):
             self.restore()
             raise TrainingStopped(f"interrupted by {signal.Signals(self.received).name}",
                                   self.EXIT_CODES[self.received])
+
+
+class RankOneStepOutputs(keras.callbacks.Callback):
+    """Multi-worker runs: step outputs as shape (1,) instead of scalars.
+
+    Keras 3 reduces step outputs across workers with reduce(MEAN, axis=0), which fails on
+    scalars (tensorflow/tensorflow#72388); rank-1 values reduce back to scalars. fit() hands
+    the model to its callbacks before it wraps the steps in tf.functions, so wrapping them here
+    is early enough.
+    """
+
+    def set_model(self, model):
+        super().set_model(model)
+        if getattr(model, "_rank_one_outputs", False):
+            return
+        model._rank_one_outputs = True
+        for name in ("train_step", "test_step"):
+            step = getattr(model, name)
+            setattr(model, name, lambda data, step=step: {
+                key: keras.ops.reshape(value, (1,)) for key, value in step(data).items()})
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -1,80 +1,113 @@
-"""One configuration object per run: a dataclass filled by argparse from the dataset's presets.
+"""One frozen configuration per run, from the data set's defaults table and the command line.
 
-Precedence: the kit's base values < the chosen preset of the dataset < options given explicitly.
-Every check here runs before any data is loaded or any file is written; a failure is a one-line
-message and exit code 2.
+Precedence: RUN_DEFAULTS < the data set's preset table < (on --resume) the run's config.json <
+options given explicitly. The configuration is complete before it is checked and never changes
+afterwards. Nothing here imports TensorFlow, so a bad option costs no start-up time.
 """
 import argparse
 import dataclasses
+import json
 import math
 import os
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
+
+from kit.errors import UsageError
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli")  # the same as common.LIKELIHOODS
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "cosine")
 
 # The keras.io "Variational AutoEncoder" example's architecture and optimiser.
-KERAS_IO_PRESET = dict(latent_dim=2, batch_size=128, lr=1e-3, epochs=30,
+KERAS_IO_PRESET = dict(latent_dim=2, epochs=30, batch_size=128, beta=1.0, lr=1e-3,
+                       lr_schedule="constant", kl_warmup=0, likelihood="bernoulli",
                        encoder_filters=[32, 64], encoder_dense=[16],
-                       decoder_filters=[64, 32], decoder_dense=[],
-                       kl_warmup=0, lr_schedule="constant")
+                       decoder_filters=[64, 32], decoder_dense=[])
+
+# Options that are the same for every data set (the data sets' tables hold the rest).
+RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, iw_samples=100, iwae_images=1000,
+                    eval_only=None, resume=False, tensorboard=False, distribute="none",
+                    mixed_precision=False, jit_compile=False,  # XLA is slower on CPU: docs/BENCHMARKS.md
+                    steps_per_execution=1)
+
+# What --resume may change: the rest is fixed by the checkpoint (weights, optimizer, data order).
+RESUMABLE = ("epochs", "iw_samples", "iwae_images", "tensorboard", "data_dir", "outdir", "resume")
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What differs between the two scripts: the data and its defaults."""
+    """What differs between the two scripts: the data and its defaults tables."""
     name: str                 # machine name, e.g. "fashion_mnist"
     title: str                # for plot titles, e.g. "Fashion-MNIST"
     image_shape: tuple
-    load: Callable            # data_dir or None -> data.Splits
-    presets: dict             # preset name -> values that differ from Config's defaults
+    load: Callable            # data_dir or None -> kit.data.Splits
+    presets: dict             # preset name -> every model and training value
     default_outdir: str
 
+    def __post_init__(self):
+        for name, table in self.presets.items():
+            missing = set(MODEL_FIELDS) - set(table)
+            if missing:
+                raise ValueError(f"preset {name!r} of {self.name} lacks {sorted(missing)}")
 
-@dataclass
+
+@dataclass(frozen=True)
 class Config:
-    dataset: str = ""
-    preset: str = "default"
-    epochs: int = 10
-    batch_size: int = 128
-    latent_dim: int = 16
-    beta: float = 1.0
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    kl_warmup: int = 0
-    likelihood: str = "bernoulli"
-    encoder_filters: list = field(default_factory=lambda: [32, 64])
-    encoder_dense: list = field(default_factory=lambda: [16])
-    decoder_filters: list = field(default_factory=lambda: [64, 32])
-    decoder_dense: list = field(default_factory=list)
-    seed: int = 0
-    outdir: str = ""
-    data_dir: Optional[str] = None
-    limit: Optional[int] = None
-    iw_samples: int = 100
-    iwae_images: int = 1000
-    eval_only: Optional[str] = None
-    resume: bool = False
-    tensorboard: bool = False
-    distribute: str = "none"
-    mixed_precision: bool = False
-    jit_compile: bool = False  # XLA measured slower on CPU: see docs/BENCHMARKS.md
-    steps_per_execution: int = 1
+    dataset: str
+    preset: str
+    # the model and its training: from the data set's table
+    latent_dim: int
+    epochs: int
+    batch_size: int
+    beta: float
+    lr: float
+    lr_schedule: str
+    kl_warmup: int
+    likelihood: str
+    encoder_filters: list
+    encoder_dense: list
+    decoder_filters: list
+    decoder_dense: list
+    # the run: RUN_DEFAULTS
+    seed: int
+    outdir: str
+    data_dir: Optional[str]
+    limit: Optional[int]
+    iw_samples: int
+    iwae_images: int
+    eval_only: Optional[str]
+    resume: bool
+    tensorboard: bool
+    distribute: str
+    mixed_precision: bool
+    jit_compile: bool
+    steps_per_execution: int
+    explicit: frozenset = frozenset()  # the options given on the command line
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """Every option, as config.json records it."""
+        values = dataclasses.asdict(self)
+        del values["explicit"]
+        return values
+
+    def model_options(self):
+        """The keyword arguments of common.build_vae that come from the options."""
+        return {name: getattr(self, name) for name in
+                ("latent_dim", "encoder_filters", "encoder_dense", "decoder_filters",
+                 "decoder_dense", "beta", "likelihood")}
+
+
+MODEL_FIELDS = ("latent_dim", "epochs", "batch_size", "beta", "lr", "lr_schedule", "kl_warmup",
+                "likelihood", "encoder_filters", "encoder_dense", "decoder_filters", "decoder_dense")
+FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports an error in one line (no usage block) and exits 2."""
+    """argparse whose errors are UsageError: one line, exit 2 (kit.errors.exit_code_of)."""
 
     def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
+        raise UsageError(message)
 
 
 def int_list(text):
@@ -95,11 +128,11 @@ def build_parser(spec):
     p.add_argument("--epochs", type=int, help="total training epochs")
     p.add_argument("--batch-size", type=int, help="images per step")
     p.add_argument("--latent-dim", type=int, help="size of z")
-    p.add_argument("--beta", type=float, help="KL weight (default 1.0)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--beta", type=float, help="KL weight")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="learning-rate schedule over training")
     p.add_argument("--kl-warmup", type=int, metavar="EPOCHS", help="beta rises linearly from 0 over EPOCHS")
-    p.add_argument("--likelihood", choices=LIKELIHOODS, help="p(x|z) (default bernoulli)")
+    p.add_argument("--likelihood", choices=LIKELIHOODS, help="p(x|z)")
     p.add_argument("--encoder-filters", type=int_list, metavar="F1,F2", help="strided Conv2D widths")
     p.add_argument("--encoder-dense", type=int_list, metavar="U1,..", help="Dense widths after the convs")
     p.add_argument("--decoder-filters", type=int_list, metavar="F1,F2", help="Conv2DTranspose widths")
@@ -122,25 +155,58 @@ def build_parser(spec):
 
 
 def parse_config(spec, argv=None):
-    """Config from the command line, validated (exits 2 with one line on a bad value)."""
-    parser = build_parser(spec)
-    explicit = vars(parser.parse_args(argv))
+    """The run's Config: defaults, then (on --resume) the saved run, then the command line; checked.
+
+    Raises UsageError (exit 2) for a bad option, before any data is loaded or file written.
+    """
+    explicit = vars(build_parser(spec).parse_args(argv))
     preset = explicit.get("preset", "default")
-    values = {**spec.presets[preset], **explicit, "dataset": spec.name, "preset": preset}
-    values.setdefault("outdir", spec.default_outdir)
-    config = Config(**values)
+    values = {**RUN_DEFAULTS, **spec.presets[preset], "outdir": spec.default_outdir,
+              "preset": preset, **explicit}
+    if values["resume"]:
+        values = {**values, **saved_options(values["outdir"], explicit), **explicit}
+    config = Config(**values, dataset=spec.name, explicit=frozenset(explicit))
     problem = find_problem(config, spec)
     if problem:
-        parser.error(problem)
-    config.explicit = sorted(explicit)  # which options the user gave (for --resume checks)
+        raise UsageError(problem)
     return config
+
+
+def saved_options(outdir, explicit):
+    """The interrupted run's options from its config.json, refusing explicit options that would
+    contradict the checkpoint (it fixes the model, optimizer and data order)."""
+    path = Path(outdir) / "config.json"
+    if not path.is_file():
+        return {}  # find_problem reports the missing checkpoint
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--resume: {path} is not readable JSON ({err})") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"--resume: {path} does not hold an object of options")
+    saved = {k: v for k, v in saved.items()
+             if k in FIELD_TYPES and k not in ("dataset", "explicit", "resume", "eval_only", "outdir")}
+    for name, value in explicit.items():
+        if name in saved and name not in RESUMABLE and value != saved[name]:
+            raise UsageError(f"{option(name)} {shown(value)} does not match the run in {outdir} "
+                             f"({shown(saved[name])}); on --resume only "
+                             f"{', '.join(option(n) for n in RESUMABLE[:-2])} may change")
+    return saved
+
+
+def option(name):
+    return "--" + name.replace("_", "-")
+
+
+def shown(value):
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def find_problem(c, spec):
     """The first thing wrong with a config, as a message, or None."""
     for name in ("epochs", "batch_size", "latent_dim", "iwae_images", "steps_per_execution"):
         if getattr(c, name) <= 0:
-            return f"--{name.replace('_', '-')} must be > 0, got {getattr(c, name)}"
+            return f"{option(name)} must be > 0, got {getattr(c, name)}"
     if c.limit is not None and c.limit <= 0:
         return f"--limit must be > 0, got {c.limit}"
     if not math.isfinite(c.beta) or c.beta < 0:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.errors import DataError
+
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -55,10 +57,6 @@ CIFAR10_MD5 = {
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
 IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x00000803 and 0x00000801
-
-
-class DataError(Exception):
-    """A data file is missing, unreadable or not what it claims to be."""
 
 
 @dataclass

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import gaussian_kl, log_normal, reconstruction_nll
+from common import gaussian_kl, log_normal, reconstruction_nll, reparameterize
 
 EVAL_BATCH = 1000
 IWAE_DECODES_PER_CALL = 4000  # K x images decoded at once in the IWAE estimate
@@ -39,7 +39,7 @@ def log_importance_weights(model, x, eps):
     Autoencoders" (ICLR 2016), eq. 8.
     """
     z_mean, z_log_var = model.encode(x)
-    z = z_mean[None] + tf.exp(0.5 * z_log_var)[None] * eps
+    z = reparameterize(z_mean[None], z_log_var[None], eps)
     k, b, latent = tf.shape(eps)[0], tf.shape(eps)[1], tf.shape(eps)[2]
     logits = model.decode(tf.reshape(z, (k * b, latent)))
     x_k = tf.reshape(tf.broadcast_to(x[None], tf.concat([[k], tf.shape(x)], 0)), tf.shape(logits))
