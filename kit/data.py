@@ -199,7 +199,8 @@ def cifar_labels(labels, n_images, path):
     if labels.ndim != 1:
         raise DataError(f"{path}: b'labels' must be a flat list of integers, got shape {labels.shape}")
     if labels.dtype.kind not in "iu":
-        raise DataError(f"{path}: labels must be integers 0-9, got {labels.dtype} values "
+        kind = "string" if labels.dtype.kind in "US" else labels.dtype.name
+        raise DataError(f"{path}: labels must be integers 0-9, got {kind} values "
                         f"such as {labels[:3].tolist()}")
     if len(labels) != n_images:
         raise DataError(f"{path}: {len(labels)} labels for {n_images} images")

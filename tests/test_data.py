@@ -143,7 +143,7 @@ def test_bad_fashion_mnist_files_are_reported_not_loaded(tmp_path, name, how, me
     (pickle.dumps({b"data": np.zeros((2, 3072), np.int16), b"labels": [1, 2]}), "got int16"),
     (pickle.dumps({b"data": [[0] * 3072] * 2, b"labels": [1, 2]}), "got a list"),
     # Labels must be integers: strings, floats (even whole, in range), booleans and None are refused.
-    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": ["cat", "dog"]}), "labels must be integers"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": ["cat", "dog"]}), "must be integers 0-9, got string values"),
     (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [b"3", b"4"]}), "labels must be integers"),
     (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, "2"]}), "labels must be integers"),
     (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1.0, 2.0]}), "got float64"),
