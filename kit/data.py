@@ -184,6 +184,29 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
 
 
+def cifar_labels(labels, n_images, path):
+    """b'labels' as an int64 array after checking it holds n_images integers in 0-9.
+
+    Strings, floats (even whole ones such as 3.0), booleans and mixed lists are refused, not
+    converted: the official batches hold Python ints, so anything else is a damaged copy.
+    """
+    try:
+        labels = np.asarray(labels)
+    except Exception as err:  # ragged nested lists and the like
+        raise DataError(f"{path}: b'labels' is not a list of integers ({type(err).__name__}: {err})") from None
+    if labels.ndim != 1:
+        raise DataError(f"{path}: b'labels' must be a flat list of integers, got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        kind = "string" if labels.dtype.kind in "US" else labels.dtype.name
+        raise DataError(f"{path}: labels must be integers 0-9, got {kind} values "
+                        f"such as {labels[:3].tolist()}")
+    if len(labels) != n_images:
+        raise DataError(f"{path}: {len(labels)} labels for {n_images} images")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path}: labels out of range 0-9 (min {labels.min()}, max {labels.max()})")
+    return labels.astype(np.int64)
+
+
 def read_cifar_batch(path):
     """(images uint8 (N, 32, 32, 3), labels int64 (N,)) from one pickled batch, validated."""
     try:
@@ -196,17 +219,15 @@ def read_cifar_batch(path):
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError(f"{path}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
     data, labels = batch[b"data"], batch[b"labels"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3072:
-        shape = getattr(data, "shape", None)
-        raise DataError(f"{path}: b'data' must be a uint8 array of shape (N, 3072), got {shape}")
-    labels = np.asarray(labels)
-    if labels.shape != (len(data),):
-        raise DataError(f"{path}: {len(labels)} labels for {len(data)} images")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{path}: labels out of range 0-9")
+    if not isinstance(data, np.ndarray):
+        raise DataError(f"{path}: b'data' must be a uint8 array of shape (N, 3072), "
+                        f"got a {type(data).__name__}")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: b'data' must be a uint8 array of shape (N, 3072), "
+                        f"got {data.dtype} of shape {data.shape}")
+    labels = cifar_labels(labels, len(data), path)
     # Rows are channel-first (3 x 32 x 32); images are channel-last.
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def find_cifar_dir(directory):

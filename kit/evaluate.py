@@ -12,7 +12,7 @@ import tensorflow as tf
 from common import gaussian_kl, log_normal, reconstruction_nll, reparameterize
 
 EVAL_BATCH = 1000
-IWAE_DECODES_PER_CALL = 4000  # K x images decoded at once in the IWAE estimate
+IWAE_DECODES_PER_CALL = 4000  # the most decodes (samples x images) of one IWAE call
 
 
 @tf.function(reduce_retracing=True)
@@ -49,17 +49,29 @@ def log_importance_weights(model, x, eps):
     return log_px + log_pz - log_qz
 
 
-def iwae_nll(model, x, k, seed=0, progress=False):
-    """Per-image −log p(x) estimate −log (1/K) Σ w_k, computed with log-sum-exp (never exp(log w))."""
+def iwae_nll(model, x, k, seed=0, progress=False, decodes_per_call=IWAE_DECODES_PER_CALL):
+    """Per-image −log p(x) estimate −log (1/K) Σ w_k, computed with log-sum-exp (never exp(log w)).
+
+    At most `decodes_per_call` decodes at once, so memory does not grow with K: images go in
+    groups of decodes_per_call // K, and when K alone is larger, one image at a time with its K
+    samples in slices whose log-sum-exps are combined by np.logaddexp. Slicing along K draws
+    the same noise as one call, so the estimate does not depend on how K is sliced.
+    """
     rng = np.random.default_rng(seed)
-    per_call = max(1, IWAE_DECODES_PER_CALL // k)
+    per_call = max(1, decodes_per_call // k)
+    samples_per_call = max(1, min(k, decodes_per_call))
     bar = keras.utils.Progbar(len(x), unit_name="image") if progress else None
     out = []
     for i in range(0, len(x), per_call):
         chunk = x[i:i + per_call]
-        eps = rng.standard_normal((k, len(chunk), model.latent_dim)).astype(np.float32)
-        log_w = log_importance_weights(model, chunk, eps)
-        out.append(-(tf.reduce_logsumexp(log_w, axis=0) - math.log(k)).numpy())
+        log_sum_w = None  # running log Σ_k w_k over the slices of K seen so far, per image
+        for start in range(0, k, samples_per_call):
+            # Consecutive draws along the leading axis are one draw of shape (k, ...), sliced.
+            eps = rng.standard_normal((min(samples_per_call, k - start), len(chunk), model.latent_dim))
+            log_w = log_importance_weights(model, chunk, eps.astype(np.float32))
+            part = tf.reduce_logsumexp(log_w, axis=0).numpy()
+            log_sum_w = part if log_sum_w is None else np.logaddexp(log_sum_w, part)
+        out.append(-(log_sum_w - np.float32(math.log(k))))
         if bar:
             bar.add(len(chunk))
     return np.concatenate(out)

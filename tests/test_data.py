@@ -138,6 +138,21 @@ def test_bad_fashion_mnist_files_are_reported_not_loaded(tmp_path, name, how, me
     (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1]}), "1 labels for 2 images"),
     (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 12]}), "labels out of range"),
     (pickle.dumps({b"data": np.zeros((2, 3072), np.float64), b"labels": [1, 2]}), "uint8"),
+    # The dtype is named, not only the (correct) shape.
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.float64), b"labels": [1, 2]}), r"got float64 of shape \(2, 3072\)"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.int16), b"labels": [1, 2]}), "got int16"),
+    (pickle.dumps({b"data": [[0] * 3072] * 2, b"labels": [1, 2]}), "got a list"),
+    # Labels must be integers: strings, floats (even whole, in range), booleans and None are refused.
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": ["cat", "dog"]}), "must be integers 0-9, got string values"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [b"3", b"4"]}), "labels must be integers"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, "2"]}), "labels must be integers"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1.0, 2.0]}), "got float64"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1.5, 2.0]}), "labels must be integers"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [True, False]}), "got bool"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, None]}), "got object"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": None}), "flat list of integers"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [[1], [2, 3]]}), "not a list of integers"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 2]}), r"out of range 0-9 \(min -1"),
 ])
 def test_bad_cifar_batches_are_reported_by_name(tmp_path, content, message):
     parent = write_cifar10(tmp_path, n_per_batch=2, n_test=2)
@@ -168,6 +183,14 @@ def test_crafted_pickle_cannot_run_code(tmp_path):
     with pytest.raises(DataError, match="refusing to load global pathlib"):
         load_cifar10(str(parent))
     assert not marker.exists()
+
+
+def test_integer_label_arrays_of_any_int_dtype_load_as_int64(tmp_path):
+    path = tmp_path / "data_batch_1"
+    batch = {b"data": np.zeros((3, 3072), np.uint8), b"labels": np.array([9, 0, 5], np.uint8)}
+    path.write_bytes(pickle.dumps(batch))
+    images, labels = data.read_cifar_batch(path)
+    assert labels.dtype == np.int64 and labels.tolist() == [9, 0, 5]
 
 
 def test_official_batches_pickled_by_python2_style_protocol_load(tmp_path):

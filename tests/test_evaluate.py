@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from common import build_vae, gaussian_kl, log_normal, reconstruction_nll
+import kit.evaluate
 from kit.evaluate import bce_floor, bits_per_dim, compute_metrics, elbo_terms, iwae_nll, log_importance_weights
 
 
@@ -58,6 +59,46 @@ def test_iwae_approaches_the_exact_log_likelihood_as_k_grows(tiny_model):
     errors = [np.mean(iwae_nll(tiny_model, x, k, seed=0) - exact) for k in (1, 10, 100, 3000)]
     assert errors[0] > errors[1] > errors[2] > errors[3] > -0.01  # an upper bound, tightening
     assert errors[3] < 0.05  # within 0.05 nats of the exact value at K = 3000
+
+
+def iwae_nll_in_one_call_per_image(model, x, k, seed):
+    """Reference: each image's K samples decoded at once, the same noise order as iwae_nll."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for image in x:
+        eps = rng.standard_normal((k, 1, model.latent_dim)).astype(np.float32)
+        log_w = log_importance_weights(model, image[None], eps).numpy()[:, 0].astype(np.float64)
+        out.append(-(np.logaddexp.reduce(log_w) - math.log(k)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("decodes_per_call", [1, 7, 49, 50])
+def test_iwae_split_over_k_equals_the_unsplit_estimate(tiny_model, decodes_per_call):
+    x = images(5, seed=4)
+    reference = iwae_nll_in_one_call_per_image(tiny_model, x, k=50, seed=2)
+    nll = iwae_nll(tiny_model, x, k=50, seed=2, decodes_per_call=decodes_per_call)
+    np.testing.assert_allclose(nll, reference, rtol=0, atol=1e-5)
+
+
+def test_iwae_decodes_at_most_decodes_per_call_whatever_k(tiny_model, monkeypatch):
+    shapes = []
+    original = kit.evaluate.log_importance_weights
+    def recording(model, x, eps):
+        shapes.append(eps.shape)
+        return original(model, x, eps)
+    monkeypatch.setattr(kit.evaluate, "log_importance_weights", recording)
+    nll = iwae_nll(tiny_model, images(3), k=1000, seed=0, decodes_per_call=64)
+    assert max(k * b for k, b, _ in shapes) == 64  # bounded by the setting, not by K = 1000
+    assert sum(k for k, _, _ in shapes) == 3 * 1000  # every sample of every image, once
+    assert len(shapes) == 3 * 16 and shapes[15] == (1000 - 15 * 64, 1, 1)  # 15 slices of 64, then 40
+    assert nll.shape == (3,) and np.all(np.isfinite(nll))
+
+
+def test_iwae_with_k_above_the_default_chunk_matches_one_call(tiny_model):
+    x = images(2, seed=8)
+    sliced = iwae_nll(tiny_model, x, k=9000, seed=1)  # K > IWAE_DECODES_PER_CALL: three slices
+    np.testing.assert_allclose(sliced, iwae_nll(tiny_model, x, k=9000, seed=1, decodes_per_call=9000),
+                               rtol=0, atol=1e-5)
 
 
 def test_metrics_use_beta_one_and_expose_consistent_numbers(tiny_model):

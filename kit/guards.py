@@ -1,0 +1,290 @@
+"""Checks that stop a run early with one clear line: a busy output folder, a model too big for
+the machine, a nearly full disk, a damaged checkpoint.
+
+Light on purpose (standard library only): the options are checked before TensorFlow loads.
+"""
+import errno
+import fcntl
+import json
+import os
+import shutil
+import sys
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+# Exit codes proposed for these failures (the kit already uses 0 done, 1 data problem,
+# 2 bad arguments, 3 non-finite loss, 130/143 interrupted).
+EXIT_REFUSED = 2           # outdir locked by another run, or a model too big for this machine
+EXIT_DAMAGED_CHECKPOINT = 4  # state.json or the checkpoint's model file is damaged
+EXIT_WRITE_FAILED = 5      # disk full or another OS error while writing outputs
+
+LOCK_NAME = ".lock"
+BYTES_PER_VALUE = 4        # float32 weights, moments, gradients and activations
+# Per weight: the weight, Adam's two moments (Kingma & Ba, 2015) and its gradient.
+COPIES_PER_WEIGHT = 4
+# Per activation value: the forward value kept for the backward pass, its gradient, and room
+# for the temporaries of the fused ops (ReLU masks, loss terms).
+COPIES_PER_ACTIVATION = 3
+KERNEL_SIZE = 3            # common.build_encoder / build_decoder's default
+# Free disk space wanted, in model files: two checkpoints while one replaces the other, and
+# model.keras with its temporary copy while it is written atomically.
+MODEL_FILES_ON_DISK = 4
+FREE_SPACE_MARGIN_BYTES = 50 * 2 ** 20  # pictures, CSVs, JSON and TensorBoard logs
+GB = 1e9
+
+
+class LockedError(Exception):
+    """Another live process holds the output folder's lock."""
+
+
+class DamagedRunError(Exception):
+    """A run's saved state (state.json, config.json, checkpoint model) cannot be trusted."""
+
+
+# --- one run per output folder ------------------------------------------------------------------
+
+def lock_holder(path):
+    """The pid written in a lock file, or 'unknown' when it cannot be read."""
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return "unknown"
+
+
+@contextmanager
+def outdir_lock(outdir):
+    """Hold an exclusive flock on outdir/.lock for the block, with this process's pid in it.
+
+    Non-blocking: a second run on the same folder gets LockedError at once. The kernel drops a
+    flock when its process dies (even by SIGKILL), so a left-over .lock file never blocks.
+    The file is created (with outdir) before anything else is written; it is never deleted,
+    since unlinking a locked file would let two processes lock two different files.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"another run (pid {lock_holder(path)}) is using {outdir}") from None
+        except OSError as err:  # a file system without flock (some network mounts)
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                raise
+            print(f"warning: cannot lock {path} ({err.strerror}); make sure no other run uses "
+                  f"{outdir}", file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)  # no stale pid left behind; the lock goes with the close below
+    finally:
+        os.close(fd)
+
+
+# --- will the model fit in memory ---------------------------------------------------------------
+
+def conv_output_size(size, stride=2):
+    """Spatial size after a 'same'-padded convolution: ceil(size / stride)."""
+    return -(-size // stride)
+
+
+def vae_parameter_count(image_shape, latent_dim, encoder_filters, encoder_dense, decoder_filters,
+                        decoder_dense, decoder_output_channels=None):
+    """Trainable weights of common.build_vae's architecture, counted from its layer shapes.
+
+    Encoder: strided 3x3 Conv2D stack -> Dense stack -> z_mean and z_log_var heads.
+    Decoder: Dense stack -> Dense to the base grid -> Conv2DTranspose stack -> 3x3 output conv.
+    A layer has (inputs x outputs) kernel weights (x 9 for a 3x3 kernel) plus one bias per output.
+    """
+    return sum(n for _, n, _ in _layer_table(image_shape, latent_dim, encoder_filters, encoder_dense,
+                                             decoder_filters, decoder_dense, decoder_output_channels))
+
+
+def _layer_table(image_shape, latent_dim, encoder_filters, encoder_dense, decoder_filters,
+                 decoder_dense, decoder_output_channels=None):
+    """(layer name, trainable weights, output values per image) for every layer, in order."""
+    height, width, channels = image_shape
+    out_channels = decoder_output_channels or channels
+    k2 = KERNEL_SIZE * KERNEL_SIZE
+    rows = [("image", 0, height * width * channels)]
+    h, w, c = height, width, channels
+    for i, filters in enumerate(encoder_filters):
+        h, w = conv_output_size(h), conv_output_size(w)
+        rows.append((f"encoder conv {i + 1}", k2 * c * filters + filters, h * w * filters))
+        c = filters
+    units = h * w * c  # Flatten
+    for i, n in enumerate(encoder_dense):
+        rows.append((f"encoder dense {i + 1}", units * n + n, n))
+        units = n
+    for head in ("z_mean", "z_log_var"):
+        rows.append((head, units * latent_dim + latent_dim, latent_dim))
+    rows.append(("z", 0, latent_dim))
+    units = latent_dim
+    for i, n in enumerate(decoder_dense):
+        rows.append((f"decoder dense {i + 1}", units * n + n, n))
+        units = n
+    scale = 2 ** len(decoder_filters)
+    h, w = height // scale, width // scale
+    c = decoder_filters[0] if decoder_filters else out_channels
+    rows.append(("decoder base", units * h * w * c + h * w * c, h * w * c))
+    for i, filters in enumerate(decoder_filters):
+        h, w = 2 * h, 2 * w
+        rows.append((f"decoder conv {i + 1}", k2 * c * filters + filters, h * w * filters))
+        c = filters
+    rows.append(("logits", k2 * c * out_channels + out_channels, h * w * out_channels))
+    return rows
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What training needs, in bytes, and the two numbers that explain it."""
+    total_bytes: int
+    parameters: int
+    largest_activation: int        # values per image of the biggest layer output
+    largest_activation_layer: str
+    batch_size: int
+
+    @property
+    def model_file_bytes(self):
+        """About the size of a saved .keras file: the float32 weights."""
+        return self.parameters * BYTES_PER_VALUE
+
+    def __int__(self):
+        return self.total_bytes
+
+
+def estimate_memory_bytes(image_shape, latent_dim, encoder_filters, encoder_dense, decoder_filters,
+                          decoder_dense, batch_size, decoder_output_channels=None):
+    """Training memory of the model before it is built: float32 weights, Adam's two moments and
+    the gradients, plus every layer's activations for a batch, kept for the backward pass."""
+    rows = _layer_table(image_shape, latent_dim, encoder_filters, encoder_dense, decoder_filters,
+                        decoder_dense, decoder_output_channels)
+    parameters = sum(n for _, n, _ in rows)
+    activations_per_image = sum(size for _, _, size in rows)
+    largest_layer, _, largest = max(rows, key=lambda row: row[2])
+    total = BYTES_PER_VALUE * (COPIES_PER_WEIGHT * parameters
+                               + COPIES_PER_ACTIVATION * activations_per_image * batch_size)
+    return MemoryEstimate(total, parameters, largest, largest_layer, batch_size)
+
+
+def physical_memory_bytes():
+    """This machine's RAM: page size x number of physical pages."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_problem(estimate_bytes, fraction=0.5, physical_bytes=None):
+    """None, or one line saying the model needs more than `fraction` of this machine's memory.
+
+    estimate_bytes: a MemoryEstimate (the message then explains the size) or a plain byte count.
+    """
+    physical = physical_memory_bytes() if physical_bytes is None else physical_bytes
+    needed = int(estimate_bytes)
+    if needed <= fraction * physical:
+        return None
+    share = "half" if fraction == 0.5 else f"{fraction:.0%}"
+    why = ""
+    if isinstance(estimate_bytes, MemoryEstimate):
+        e = estimate_bytes
+        why = (f" ({e.parameters:,} parameters, largest activation {e.largest_activation:,} values "
+               f"per image in {e.largest_activation_layer} x batch {e.batch_size})")
+    return (f"the model needs about {needed / GB:.1f} GB{why}, more than {share} of this machine's "
+            f"{physical / GB:.1f} GB of memory; use smaller --latent-dim, filter or dense widths, "
+            f"or --batch-size")
+
+
+def free_space_warning(outdir, model_bytes):
+    """None, or a warning when outdir's disk has less free space than the run will write."""
+    wanted = MODEL_FILES_ON_DISK * int(model_bytes) + FREE_SPACE_MARGIN_BYTES
+    free = shutil.disk_usage(outdir).free
+    if free >= wanted:
+        return None
+    return (f"only {free / GB:.2f} GB free on the disk of {outdir}; checkpoints and model.keras "
+            f"need about {wanted / GB:.2f} GB ({MODEL_FILES_ON_DISK} copies of a "
+            f"{int(model_bytes) / GB:.2f} GB model), so saving may fail")
+
+
+def write_error_message(err, what="outputs"):
+    """One line for an OSError raised while writing: says 'disk full' when that is the cause."""
+    where = f" {err.filename}" if getattr(err, "filename", None) else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing {what}{where}: free some space and resume with --resume"
+    return f"cannot write {what}{where}: {err.strerror or err}"
+
+
+# --- a checkpoint that can be trusted -----------------------------------------------------------
+
+def read_json_object(path, what):
+    """The dict in a JSON file; DamagedRunError (one line naming `what` and path) otherwise."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DamagedRunError(f"{what} {path} is missing") from None
+    except UnicodeDecodeError:
+        raise DamagedRunError(f"{what} {path} is not text (not UTF-8)") from None
+    except OSError as err:
+        raise DamagedRunError(f"{what} {path} cannot be read: {err.strerror or err}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DamagedRunError(f"{what} {path} is not valid JSON (line {err.lineno}, column "
+                              f"{err.colno}: {err.msg})") from None
+    except RecursionError:
+        raise DamagedRunError(f"{what} {path} is not valid JSON (nested too deeply)") from None
+    if not isinstance(value, dict):
+        raise DamagedRunError(f"{what} {path} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def is_int(value):
+    """A JSON integer: int but not bool (True is an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def state_problem(state, checkpoint_dir):
+    """What is wrong with a checkpoint's state.json dict, or None."""
+    if not isinstance(state, dict):
+        return f"state.json holds a {type(state).__name__}, not an object"
+    for key in ("epoch", "model", "history", "sampling_seed_state"):
+        if key not in state:
+            return f"state.json has no {key!r}"
+    epoch, history, name, seeds = (state["epoch"], state["history"], state["model"],
+                                   state["sampling_seed_state"])
+    if not is_int(epoch) or epoch < 0:
+        return f"epoch must be a whole number >= 0, got {epoch!r}"
+    if not isinstance(history, list) or len(history) != epoch:
+        length = len(history) if isinstance(history, list) else type(history).__name__
+        return f"history must list {epoch} epoch(s), got {length}"
+    for i, row in enumerate(history):
+        if not isinstance(row, dict):
+            return f"history row {i + 1} is a {type(row).__name__}, not an object"
+        if row.get("epoch") != i + 1 or not is_int(row["epoch"]):
+            return f"history row {i + 1} has epoch {row.get('epoch')!r}"
+        for key, value in row.items():
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                return f"history row {i + 1}: {key} is {value!r}, not a number"
+    if not isinstance(name, str) or not name.endswith(".keras") or name.startswith(".") \
+            or "/" in name or "\\" in name or "\0" in name:
+        return f"model must be a .keras file name inside the checkpoint folder, got {name!r}"
+    path = Path(checkpoint_dir) / name
+    if path.is_symlink() or not path.is_file():
+        return f"model file {name} is missing"
+    if path.stat().st_size == 0:
+        return f"model file {name} is empty"
+    if not zipfile.is_zipfile(path):
+        return f"model file {name} is not a .keras archive (cut short or overwritten)"
+    if not isinstance(seeds, list) or not seeds or not all(map(is_int, seeds)):
+        return f"sampling_seed_state must be a list of integers, got {seeds!r}"
+    return None
+
+
+def validate_state(state, checkpoint_dir):
+    """The checkpoint's model path if state.json's dict is sound; DamagedRunError otherwise."""
+    problem = state_problem(state, checkpoint_dir)
+    if problem:
+        raise DamagedRunError(f"the checkpoint in {checkpoint_dir} is damaged: {problem}")
+    return Path(checkpoint_dir) / state["model"]
