@@ -10,6 +10,7 @@ import sys
 from kit.config import KERAS_IO_PRESET, DatasetSpec, parse_config
 from kit.data import load_cifar10
 from kit.errors import exit_code_of
+from kit.guards import claim_outdir
 
 CIFAR10 = DatasetSpec(
     name="cifar10", title="CIFAR-10", image_shape=(32, 32, 3), load=load_cifar10,
@@ -26,6 +27,7 @@ CIFAR10 = DatasetSpec(
 
 def main(argv=None):
     config = parse_config(CIFAR10, argv)  # a bad option: one line, exit 2, no TensorFlow yet
+    claim_outdir(config.outdir)  # one run per folder: another run there is refused with exit 2
     from common import build_vae  # TensorFlow takes seconds to import
     from kit import run
 
@@ -44,7 +46,7 @@ def main(argv=None):
             model.compile(optimizer=run.adam(config, steps_per_epoch), jit_compile=config.jit_compile,
                           steps_per_execution=config.steps_per_execution)
     model.summary()
-    run.write_run_record(config, splits)
+    run.start_run_folder(config, CIFAR10, splits)  # config.json; an older run's results go
 
     with run.resume_hint_on_stop(config, history):
         model.fit(run.train_batches(config, splits.x_train, first_epoch=len(history)),

@@ -1,10 +1,13 @@
 """Writing files so that a crash never leaves a half-written one: write beside, then rename."""
 import csv
+import errno
 import io
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
+
+from kit.errors import WriteError
 
 
 @contextmanager
@@ -15,9 +18,18 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    except OSError as err:  # disk full, read-only, ...: one line naming the file
+        raise WriteError(write_error_message(err, path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_error_message(err, path):
+    """One line for an OSError raised while writing `path`; says 'disk full' when that is why."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing {path}"
+    return f"cannot write {path}: {err.strerror or err}"
 
 
 def write_text(path, text):

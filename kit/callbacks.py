@@ -1,5 +1,4 @@
 """Keras callbacks for timing, KL warm-up, crash-safe checkpoints, NaN and Ctrl-C handling."""
-import json
 import math
 import signal
 import sys
@@ -10,7 +9,8 @@ import keras
 import numpy as np
 
 from kit.atomic_files import atomic_path, write_csv, write_json
-from kit.errors import TrainingStopped
+from kit.errors import DamagedRunError, TrainingStopped
+from kit.guards import read_json_object, validate_state
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -111,7 +111,7 @@ class RankOneStepOutputs(keras.callbacks.Callback):
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch: history.csv, loss curves and a checkpoint, each replaced atomically.
+    """After every epoch: a checkpoint, then history.csv and the loss curves, each replaced atomically.
 
     Why not BackupAndRestore/ModelCheckpoint/CSVLogger: they write in place (a kill while
     saving breaks the file), and neither stores the history, the sampling RNG state and the
@@ -132,9 +132,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.history.append(row)
         if not self.is_chief:
             return
+        # The checkpoint commits first, so history.csv and the curves are never ahead of it.
+        save_checkpoint(self.model, self.dir, epoch + 1, self.history)
         write_csv(self.outdir / "history.csv", self.history)
         self.plot_history(self.history)
-        save_checkpoint(self.model, self.dir, epoch + 1, self.history)
 
 
 def sampling_layer(model):
@@ -157,9 +158,21 @@ def save_checkpoint(model, directory, epoch, history):
 
 
 def load_checkpoint(directory):
-    """(model, state) from the newest consistent checkpoint in `directory`."""
-    state = json.loads((Path(directory) / "state.json").read_text())
-    model = keras.models.load_model(Path(directory) / state["model"])
+    """(model, state) from the newest consistent checkpoint in `directory`; DamagedRunError if
+    state.json or the model file it names cannot be trusted."""
+    state = read_json_object(Path(directory) / "state.json", "the checkpoint is damaged:")
+    path = validate_state(state, directory)
+    try:
+        model = keras.models.load_model(path)
+    except Exception as err:  # a truncated or overwritten archive
+        raise DamagedRunError(f"the checkpoint in {directory} is damaged: cannot load {path.name} "
+                              f"({type(err).__name__}: {first_line(err)})") from None
     seed_state = sampling_layer(model).seed_generator.state
     seed_state.assign(np.asarray(state["sampling_seed_state"], dtype=seed_state.dtype))
     return model, state
+
+
+def first_line(err, limit=200):
+    """An exception's message cut to its first line (Keras' messages can be kilobytes long)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text if len(text) <= limit else text[:limit] + " ..."

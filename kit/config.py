@@ -6,14 +6,15 @@ afterwards. Nothing here imports TensorFlow, so a bad option costs no start-up t
 """
 import argparse
 import dataclasses
-import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from kit.errors import UsageError
+from kit.errors import DamagedRunError, UsageError
+from kit.guards import estimate_for, is_int, memory_problem, read_json_object
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli")  # the same as common.LIKELIHOODS
 DISTRIBUTE = ("none", "mirrored", "multiworker")
@@ -161,10 +162,16 @@ def parse_config(spec, argv=None):
     """
     explicit = vars(build_parser(spec).parse_args(argv))
     preset = explicit.get("preset", "default")
-    values = {**RUN_DEFAULTS, **spec.presets[preset], "outdir": spec.default_outdir,
-              "preset": preset, **explicit}
+    defaults = {**RUN_DEFAULTS, **spec.presets[preset], "outdir": spec.default_outdir,
+                "preset": preset}
+    values = {**defaults, **explicit}
     if values["resume"]:
-        values = {**values, **saved_options(values["outdir"], explicit), **explicit}
+        saved = saved_options(values["outdir"], explicit)
+        problem = value_problem({**defaults, **saved}, spec)
+        if problem:
+            raise DamagedRunError(f"the checkpoint in {values['outdir']} is damaged: config.json: "
+                                  f"{problem}")
+        values = {**values, **saved, **explicit}
     config = Config(**values, dataset=spec.name, explicit=frozenset(explicit))
     problem = find_problem(config, spec)
     if problem:
@@ -176,16 +183,15 @@ def saved_options(outdir, explicit):
     """The interrupted run's options from its config.json, refusing explicit options that would
     contradict the checkpoint (it fixes the model, optimizer and data order)."""
     path = Path(outdir) / "config.json"
-    if not path.is_file():
+    if not (Path(outdir) / "checkpoint").is_dir():
         return {}  # find_problem reports the missing checkpoint
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--resume: {path} is not readable JSON ({err})") from None
-    if not isinstance(saved, dict):
-        raise UsageError(f"--resume: {path} does not hold an object of options")
+    saved = read_json_object(path, "the checkpoint is damaged:")
     saved = {k: v for k, v in saved.items()
              if k in FIELD_TYPES and k not in ("dataset", "explicit", "resume", "eval_only", "outdir")}
+    for name, value in saved.items():
+        if not has_type(value, FIELD_TYPES[name]):
+            raise DamagedRunError(f"the checkpoint in {outdir} is damaged: config.json: {name} is "
+                                  f"{value!r}, not {type_name(FIELD_TYPES[name])}")
     for name, value in explicit.items():
         if name in saved and name not in RESUMABLE and value != saved[name]:
             raise UsageError(f"{option(name)} {shown(value)} does not match the run in {outdir} "
@@ -202,34 +208,67 @@ def shown(value):
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def find_problem(c, spec):
-    """The first thing wrong with a config, as a message, or None."""
+def has_type(value, kind):
+    """Does a value read from config.json have the type of a Config field (as argparse makes it)?"""
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is list:
+        return isinstance(value, list) and all(is_int(v) and v > 0 for v in value)
+    if kind in (Optional[int], Optional[str]):
+        return value is None or has_type(value, kind.__args__[0])
+    return is_int(value) if kind is int else isinstance(value, kind)
+
+
+def type_name(kind):
+    return {float: "a number", int: "a whole number", list: "a list of positive whole numbers",
+            str: "a string", bool: "true or false"}.get(kind, "a " + str(kind).replace("typing.", ""))
+
+
+def value_problem(v, spec):
+    """The first out-of-range option value in a dict of options, as a message, or None."""
     for name in ("epochs", "batch_size", "latent_dim", "iwae_images", "steps_per_execution"):
-        if getattr(c, name) <= 0:
-            return f"{option(name)} must be > 0, got {getattr(c, name)}"
-    if c.limit is not None and c.limit <= 0:
-        return f"--limit must be > 0, got {c.limit}"
-    if not math.isfinite(c.beta) or c.beta < 0:
-        return f"--beta must be a finite number >= 0, got {c.beta}"
-    if not math.isfinite(c.lr) or c.lr <= 0:
-        return f"--lr must be a finite number > 0, got {c.lr}"
-    if c.iw_samples < 0:
-        return f"--iw-samples must be >= 0, got {c.iw_samples}"
-    if c.kl_warmup < 0:
-        return f"--kl-warmup must be >= 0, got {c.kl_warmup}"
-    if not c.encoder_filters or not c.decoder_filters:
+        if v[name] <= 0:
+            return f"{option(name)} must be > 0, got {v[name]}"
+    if v["limit"] is not None and v["limit"] <= 0:
+        return f"--limit must be > 0, got {v['limit']}"
+    if not math.isfinite(v["beta"]) or v["beta"] < 0:
+        return f"--beta must be a finite number >= 0, got {v['beta']}"
+    if not math.isfinite(v["lr"]) or v["lr"] <= 0:
+        return f"--lr must be a finite number > 0, got {v['lr']}"
+    for name in ("iw_samples", "kl_warmup"):
+        if v[name] < 0:
+            return f"{option(name)} must be >= 0, got {v[name]}"
+    for name, choices in (("likelihood", LIKELIHOODS), ("lr_schedule", LR_SCHEDULES),
+                          ("distribute", DISTRIBUTE), ("preset", tuple(spec.presets))):
+        if v[name] not in choices:
+            return f"{option(name)} must be one of {', '.join(choices)}, got {v[name]!r}"
+    if not v["encoder_filters"] or not v["decoder_filters"]:
         return "--encoder-filters and --decoder-filters need at least one width"
     height, width = spec.image_shape[:2]
-    scale = 2 ** len(c.decoder_filters)
+    scale = 2 ** len(v["decoder_filters"])
     if height % scale or width % scale:
-        return (f"--decoder-filters: {len(c.decoder_filters)} stride-2 layers cannot produce "
+        return (f"--decoder-filters: {len(v['decoder_filters'])} stride-2 layers cannot produce "
                 f"{height}x{width} images (needs a size divisible by {scale})")
+    return None
+
+
+def find_problem(c, spec):
+    """The first thing wrong with a config, as a message, or None."""
+    problem = value_problem(c.to_dict(), spec) or memory_problem(estimate_for(c, spec.image_shape))
+    if problem:
+        return problem
     if c.eval_only and c.resume:
         return "--eval-only and --resume cannot be used together"
     if c.eval_only and not Path(c.eval_only).is_file():
         return f"--eval-only: no model file at {c.eval_only}"
     if c.eval_only and not c.eval_only.endswith(".keras"):
         return f"--eval-only expects a .keras file, got {c.eval_only}"
+    if c.eval_only and not zipfile.is_zipfile(c.eval_only):
+        size = Path(c.eval_only).stat().st_size
+        return f"--eval-only: {c.eval_only} is not a .keras archive ({size} bytes{', empty' if not size else ''})"
+    if c.tensorboard and (Path(c.outdir) / "tensorboard").exists() \
+            and not (Path(c.outdir) / "tensorboard").is_dir():
+        return f"--tensorboard: {Path(c.outdir) / 'tensorboard'} exists and is not a folder"
     if c.data_dir is not None and not Path(c.data_dir).is_dir():
         return f"--data-dir: {c.data_dir} is not a folder"
     if c.distribute == "multiworker" and not os.environ.get("TF_CONFIG"):
@@ -240,13 +279,11 @@ def find_problem(c, spec):
 
 
 def outdir_problem(outdir):
-    """None if outdir exists or can be created and is writable, else why not."""
-    path = Path(outdir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        return f"--outdir {outdir} cannot be written: {err.strerror or err}"
+    """None if outdir is a writable folder or can be made one, else why not (creates nothing)."""
+    path = Path(outdir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"--outdir {outdir} cannot be written: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--outdir {outdir} cannot be written: permission denied on {existing}"
     return None

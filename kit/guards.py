@@ -3,6 +3,7 @@ the machine, a nearly full disk, a damaged checkpoint.
 
 Light on purpose (standard library only): the options are checked before TensorFlow loads.
 """
+import atexit
 import errno
 import fcntl
 import json
@@ -14,11 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-# Exit codes proposed for these failures (the kit already uses 0 done, 1 data problem,
-# 2 bad arguments, 3 non-finite loss, 130/143 interrupted).
-EXIT_REFUSED = 2           # outdir locked by another run, or a model too big for this machine
-EXIT_DAMAGED_CHECKPOINT = 4  # state.json or the checkpoint's model file is damaged
-EXIT_WRITE_FAILED = 5      # disk full or another OS error while writing outputs
+from kit.errors import DamagedRunError, LockedError
 
 LOCK_NAME = ".lock"
 BYTES_PER_VALUE = 4        # float32 weights, moments, gradients and activations
@@ -34,13 +31,6 @@ MODEL_FILES_ON_DISK = 4
 FREE_SPACE_MARGIN_BYTES = 50 * 2 ** 20  # pictures, CSVs, JSON and TensorBoard logs
 GB = 1e9
 
-
-class LockedError(Exception):
-    """Another live process holds the output folder's lock."""
-
-
-class DamagedRunError(Exception):
-    """A run's saved state (state.json, config.json, checkpoint model) cannot be trusted."""
 
 
 # --- one run per output folder ------------------------------------------------------------------
@@ -84,6 +74,39 @@ def outdir_lock(outdir):
             os.ftruncate(fd, 0)  # no stale pid left behind; the lock goes with the close below
     finally:
         os.close(fd)
+
+
+def is_chief():
+    """True unless this process is a non-chief worker of a multi-worker cluster (TF_CONFIG)."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task", {})
+    if task.get("type") in (None, "chief"):
+        return True
+    return task.get("type") == "worker" and task.get("index", 0) == 0 \
+        and "chief" not in tf_config.get("cluster", {})
+
+
+def claim_outdir(outdir):
+    """Take outdir's lock for the rest of this process (the chief's, in a cluster).
+
+    A run that left nothing in the folder but the lock (a refused one) removes the lock file
+    again, and the folder too if this call created it: a refused run leaves no trace.
+    """
+    if not is_chief():
+        return
+    outdir = Path(outdir)
+    created = not outdir.exists()
+    lock = outdir_lock(outdir)
+    lock.__enter__()
+
+    def release():
+        lock.__exit__(None, None, None)
+        if [p.name for p in outdir.iterdir()] == [LOCK_NAME]:
+            (outdir / LOCK_NAME).unlink()
+            if created:
+                outdir.rmdir()
+
+    atexit.register(release)
 
 
 # --- will the model fit in memory ---------------------------------------------------------------
@@ -172,6 +195,13 @@ def estimate_memory_bytes(image_shape, latent_dim, encoder_filters, encoder_dens
     return MemoryEstimate(total, parameters, largest, largest_layer, batch_size)
 
 
+def estimate_for(config, image_shape):
+    """estimate_memory_bytes for a kit.config.Config's model and batch size."""
+    return estimate_memory_bytes(image_shape, config.latent_dim, config.encoder_filters,
+                                 config.encoder_dense, config.decoder_filters, config.decoder_dense,
+                                 config.batch_size)
+
+
 def physical_memory_bytes():
     """This machine's RAM: page size x number of physical pages."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -206,14 +236,6 @@ def free_space_warning(outdir, model_bytes):
     return (f"only {free / GB:.2f} GB free on the disk of {outdir}; checkpoints and model.keras "
             f"need about {wanted / GB:.2f} GB ({MODEL_FILES_ON_DISK} copies of a "
             f"{int(model_bytes) / GB:.2f} GB model), so saving may fail")
-
-
-def write_error_message(err, what="outputs"):
-    """One line for an OSError raised while writing: says 'disk full' when that is the cause."""
-    where = f" {err.filename}" if getattr(err, "filename", None) else ""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"disk full while writing {what}{where}: free some space and resume with --resume"
-    return f"cannot write {what}{where}: {err.strerror or err}"
 
 
 # --- a checkpoint that can be trusted -----------------------------------------------------------

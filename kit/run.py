@@ -1,8 +1,6 @@
 """The steps of a run that the scripts call by name: runtime, data, resume, batches, callbacks,
 evaluation and pictures. The training loop itself (`model.fit`) stays in the scripts."""
-import json
 import math
-import os
 import resource
 import sys
 import time
@@ -16,8 +14,9 @@ import tensorflow as tf
 import common  # noqa: F401  (registers the model classes for keras.models.load_model)
 from kit.atomic_files import atomic_path, read_csv, write_json
 from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, StopOnNonFinite,
-                           StopOnSignal, load_checkpoint)
-from kit.errors import TrainingStopped, UsageError
+                           StopOnSignal, first_line, load_checkpoint)
+from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
+from kit.guards import estimate_for, free_space_warning, is_chief
 from kit.evaluate import EVAL_BATCH, compute_metrics
 from kit.pictures import format_metrics, write_loss_curves, write_pictures
 
@@ -35,16 +34,6 @@ def make_strategy(kind):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
-def is_chief():
-    """True unless this process is a non-chief worker of a multi-worker cluster (TF_CONFIG)."""
-    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = tf_config.get("task", {})
-    if task.get("type") in (None, "chief"):
-        return True
-    return task.get("type") == "worker" and task.get("index", 0) == 0 \
-        and "chief" not in tf_config.get("cluster", {})
 
 
 def set_up_runtime(config):
@@ -123,6 +112,10 @@ def resume_from_checkpoint(config, spec):
     """(model with its optimizer state, history so far) from the checkpoint in outdir."""
     model, state = load_checkpoint(Path(config.outdir) / "checkpoint")
     check_model_matches(model, config, spec, f"the checkpoint in {config.outdir}")
+    for name in ("latent_dim", "likelihood"):  # config.json must describe the checkpoint's model
+        if getattr(model, name) != getattr(config, name):
+            raise DamagedRunError(f"the checkpoint in {config.outdir} is damaged: config.json says "
+                                  f"{name} {getattr(config, name)}, its model has {getattr(model, name)}")
     if state["epoch"] >= config.epochs:
         raise UsageError(f"the checkpoint is already at epoch {state['epoch']}; "
                          f"pass --epochs larger than that to train on")
@@ -136,7 +129,7 @@ def load_saved_model(config, spec):
     try:
         model = keras.models.load_model(path)
     except Exception as err:  # a zip that is no Keras model, a missing custom object, ...
-        raise UsageError(f"cannot load {path} as a VAE: {type(err).__name__}: {err}") from None
+        raise UsageError(f"cannot load {path} as a VAE: {type(err).__name__}: {first_line(err)}") from None
     if not hasattr(model, "encode") or not hasattr(model, "image_shape"):
         raise UsageError(f"{path} is a Keras model, but not one of this kit's VAEs")
     check_model_matches(model, config, spec, str(path))
@@ -154,11 +147,19 @@ def check_model_matches(model, config, spec, what):
 
 # --- training -----------------------------------------------------------------------------------
 
-def write_run_record(config, splits):
-    """config.json: every option, the software versions and where the data came from."""
+def start_run_folder(config, spec, splits):
+    """config.json (every option, the software versions, where the data came from); a fresh run
+    first removes an older run's results and checkpoint, and warns when the disk looks short."""
     if not is_chief():
         return
-    write_json(Path(config.outdir) / "config.json", {
+    outdir = Path(config.outdir)
+    if not config.resume:
+        for stale in ("metrics.json", "model.keras", "checkpoint/state.json"):
+            (outdir / stale).unlink(missing_ok=True)
+    warning = free_space_warning(outdir, estimate_for(config, spec.image_shape).model_file_bytes)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    write_json(outdir / "config.json", {
         **config.to_dict(),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                      "numpy": np.__version__, "python": sys.version.split()[0]},
@@ -190,10 +191,10 @@ def training_callbacks(config, spec, splits, history):
 
 @contextmanager
 def resume_hint_on_stop(config, history):
-    """A stopped training run (signal, NaN) says how to resume it."""
+    """A stopped training run (signal, NaN, a failed write) says how to resume it."""
     try:
         yield
-    except TrainingStopped as stop:
+    except (TrainingStopped, WriteError) as stop:
         if history:
             stop.hint = (f"{len(history)} epoch(s) are saved in {config.outdir}. Resume with:\n"
                          f"  python {Path(sys.argv[0]).name} --resume --outdir {config.outdir} "

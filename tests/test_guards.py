@@ -13,9 +13,11 @@ import pytest
 
 from conftest import ROOT
 from kit import guards
+from kit.atomic_files import atomic_path, write_error_message
+from kit.errors import WriteError
 from kit.guards import (DamagedRunError, LockedError, estimate_memory_bytes, free_space_warning,
                         memory_problem, outdir_lock, read_json_object, validate_state,
-                        vae_parameter_count, write_error_message)
+                        vae_parameter_count)
 
 # The scripts' defaults: (image_shape, latent, encoder filters, encoder dense, decoder filters,
 # decoder dense, batch).
@@ -184,10 +186,20 @@ def test_free_space_warning_uses_the_real_disk(tmp_path):
 
 def test_write_errors_say_disk_full():
     full = OSError(errno.ENOSPC, "No space left on device", "/out/model.keras")
-    assert write_error_message(full, "the checkpoint") == (
-        "disk full while writing the checkpoint /out/model.keras: free some space and resume with --resume")
+    assert write_error_message(full, "/out/model.keras") == "disk full while writing /out/model.keras"
     denied = PermissionError(errno.EACCES, "Permission denied", "/out/x.png")
-    assert write_error_message(denied) == "cannot write outputs /out/x.png: Permission denied"
+    assert write_error_message(denied, "/out/x.png") == "cannot write /out/x.png: Permission denied"
+
+
+def test_a_failed_atomic_write_is_one_write_error_and_keeps_the_old_file(tmp_path):
+    target = tmp_path / "history.csv"
+    target.write_text("old")
+    with pytest.raises(WriteError, match=f"^disk full while writing {target}$") as err:
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert err.value.exit_code == 5
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
 
 
 # --- checkpoint state ---------------------------------------------------------------------------
