@@ -16,6 +16,7 @@ from kit.atomic_files import read_csv
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
+@pytest.mark.slow
 def test_one_mirrored_step_on_two_devices_equals_one_step_on_one():
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "distributed_step.py")], env=ENV,
                             capture_output=True, text=True, timeout=180)
@@ -45,6 +46,7 @@ def localhost_usable():
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not localhost_usable(), reason="this platform cannot open sockets on 127.0.0.1")
 def test_two_workers_train_together_on_localhost(fashion_dir, tmp_path):
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
@@ -87,6 +89,7 @@ def test_mixed_precision_keeps_losses_float32_and_finite():
         keras.mixed_precision.set_dtype_policy("float32")
 
 
+@pytest.mark.slow
 def test_mixed_precision_runs_end_to_end(fashion_dir, tmp_path):
     result = run_script("vae_fashion_mnist.py", "--mixed-precision", "--data-dir", fashion_dir, "--epochs", 1,
                         "--limit", 128, "--iw-samples", 4, "--iwae-images", 20, "--outdir", tmp_path, *TINY_MODEL)
@@ -95,6 +98,7 @@ def test_mixed_precision_runs_end_to_end(fashion_dir, tmp_path):
     assert np.isfinite(metrics["test_neg_elbo"]) and np.isfinite(metrics["test_iwae_nll"])
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_runs_the_script(fashion_dir, tmp_path):
     result = run_script("vae_fashion_mnist.py", "--distribute", "mirrored", "--data-dir", fashion_dir,
                         "--epochs", 1, "--limit", 128, "--iw-samples", 0, "--outdir", tmp_path, *TINY_MODEL)

@@ -8,6 +8,8 @@ import pytest
 from kit import data
 from conftest import run_script
 
+pytestmark = pytest.mark.slow  # end to end, in subprocesses: `pytest -m "not slow"` skips them
+
 CIFAR_DIR = os.environ.get("VAE_CIFAR10_DIR")
 
 

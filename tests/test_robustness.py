@@ -36,6 +36,7 @@ def straight_run(tmp_path_factory, fashion_dir):
     return outdir
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_history(straight_run, fashion_dir, tmp_path):
     result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
                         "--limit", 128, "--outdir", tmp_path, *QUICK)
@@ -44,6 +45,7 @@ def test_the_same_seed_gives_the_same_history(straight_run, fashion_dir, tmp_pat
                                losses(read_csv(straight_run / "history.csv")), rtol=HISTORY_RTOL)
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(straight_run, fashion_dir, tmp_path):
     first = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 1,
                        "--limit", 128, "--outdir", tmp_path, *QUICK)
@@ -61,6 +63,7 @@ def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(straight_r
     assert (config["latent_dim"], config["limit"], config["seed"], config["resume"]) == (2, 128, 5, True)
 
 
+@pytest.mark.slow
 def test_resume_with_a_different_latent_dim_is_refused_without_touching_outputs(straight_run, fashion_dir):
     before = (straight_run / "history.csv").read_bytes()
     result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 5,
@@ -70,6 +73,7 @@ def test_resume_with_a_different_latent_dim_is_refused_without_touching_outputs(
     assert (straight_run / "history.csv").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_past_the_requested_epochs_is_refused(straight_run, fashion_dir):
     result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
                         "--outdir", straight_run, "--resume")
@@ -106,6 +110,7 @@ def assert_consistent_checkpoint(outdir):
     return state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_at_a_safe_point_and_says_how_to_resume(fashion_dir, tmp_path, signum, code):
     process = start_long_run(fashion_dir, tmp_path)
@@ -119,6 +124,7 @@ def test_a_signal_stops_at_a_safe_point_and_says_how_to_resume(fashion_dir, tmp_
     assert (tmp_path / "loss_curves.png").exists() and (tmp_path / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_kill_9_loses_at_most_the_running_epoch(fashion_dir, tmp_path):
     process = start_long_run(fashion_dir, tmp_path)
     wait_for_epochs(tmp_path, 2, process)
@@ -144,6 +150,7 @@ def test_a_second_interrupt_exits_at_once():
     assert exit_info.value.code == 130
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_training_naming_epoch_and_step(fashion_dir, tmp_path):
     result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3, "--limit", 256,
                         "--lr", "1e12", "--outdir", tmp_path, *QUICK)

@@ -6,6 +6,8 @@ import pytest
 from conftest import TINY_MODEL, png_size, run_script
 from kit.atomic_files import read_csv
 
+pytestmark = pytest.mark.slow  # end to end, in subprocesses: `pytest -m "not slow"` skips them
+
 PICTURES = ["loss_curves.png", "samples.png", "reconstructions.png", "latent_space.png",
             "interpolations.png"]
 METRIC_KEYS = {"test_reconstruction", "test_kl", "test_neg_elbo", "test_images", "test_iwae_nll",
