@@ -56,8 +56,9 @@ def main(argv=None):
     if not run.is_chief():
         return 0  # in a cluster, the chief writes the results
     run.save_model(model, config)
-    run.evaluate(model, config, FASHION_MNIST, splits, history)
-    run.draw_pictures(model, config, FASHION_MNIST, splits, history)
+    gmm = run.fit_latent_gmm(model, config, splits)  # ex-post sampler (Ghosh et al. 2020)
+    run.evaluate(model, config, FASHION_MNIST, splits, history, gmm)
+    run.draw_pictures(model, config, FASHION_MNIST, splits, history, gmm)
     return 0
 
 

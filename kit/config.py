@@ -28,12 +28,13 @@ KERAS_IO_PRESET = dict(latent_dim=2, epochs=30, batch_size=128, beta=1.0, lr=1e-
 
 # Options that are the same for every data set (the data sets' tables hold the rest).
 RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, iw_samples=100, iwae_images=1000,
-                    eval_only=None, resume=False, tensorboard=False, distribute="none",
+                    fd_images=10_000, gmm_components=10, refresh_feature_net=False, eval_only=None, resume=False, tensorboard=False, distribute="none",
                     mixed_precision=False, jit_compile=False,  # XLA is slower on CPU: docs/BENCHMARKS.md
                     steps_per_execution=1)
 
 # What --resume may change: the rest is fixed by the checkpoint (weights, optimizer, data order).
-RESUMABLE = ("epochs", "iw_samples", "iwae_images", "tensorboard", "data_dir", "outdir", "resume")
+RESUMABLE = ("epochs", "iw_samples", "iwae_images", "fd_images", "gmm_components",
+             "refresh_feature_net", "tensorboard", "data_dir", "outdir", "resume")
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class Config:
     limit: Optional[int]
     iw_samples: int
     iwae_images: int
+    fd_images: int
+    gmm_components: int
+    refresh_feature_net: bool
     eval_only: Optional[str]
     resume: bool
     tensorboard: bool
@@ -144,6 +148,12 @@ def build_parser(spec):
     p.add_argument("--limit", type=int, metavar="N", help="train on the first N training images")
     p.add_argument("--iw-samples", type=int, metavar="K", help="IWAE samples per image, 0 = off (default 100)")
     p.add_argument("--iwae-images", type=int, metavar="N", help="test images for IWAE (default 1000)")
+    p.add_argument("--fd-images", type=int, metavar="N",
+                   help="images per set for the Fréchet distances, 0 = off (default 10000)")
+    p.add_argument("--gmm-components", type=int, metavar="K",
+                   help="components of the ex-post latent GMM sampler (default 10)")
+    p.add_argument("--refresh-feature-net", action="store_true",
+                   help="retrain the cached feature network of the Fréchet distance")
     p.add_argument("--eval-only", metavar="MODEL.keras", help="evaluate a saved model; no training")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in outdir")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs under outdir")
@@ -196,7 +206,7 @@ def saved_options(outdir, explicit):
         if name in saved and name not in RESUMABLE and value != saved[name]:
             raise UsageError(f"{option(name)} {shown(value)} does not match the run in {outdir} "
                              f"({shown(saved[name])}); on --resume only "
-                             f"{', '.join(option(n) for n in RESUMABLE[:-2])} may change")
+                             f"{', '.join(option(n) for n in RESUMABLE if n not in ('outdir', 'resume'))} may change")
     return saved
 
 
@@ -235,7 +245,9 @@ def value_problem(v, spec):
         return f"--beta must be a finite number >= 0, got {v['beta']}"
     if not math.isfinite(v["lr"]) or v["lr"] <= 0:
         return f"--lr must be a finite number > 0, got {v['lr']}"
-    for name in ("iw_samples", "kl_warmup"):
+    if v["gmm_components"] <= 0:
+        return f"--gmm-components must be > 0, got {v['gmm_components']}"
+    for name in ("iw_samples", "kl_warmup", "fd_images"):
         if v[name] < 0:
             return f"{option(name)} must be >= 0, got {v[name]}"
     for name, choices in (("likelihood", LIKELIHOODS), ("lr_schedule", LR_SCHEDULES),

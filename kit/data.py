@@ -12,6 +12,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -71,12 +72,14 @@ class Splits:
     warnings: list = field(default_factory=list)
     sha256: dict = field(default_factory=dict)
 
+    full: Optional["Splits"] = None  # before limit(): the feature network trains on all of it
+
     def limit(self, n):
         """The same splits with only the first n training images (None keeps all)."""
         if n is None or n >= len(self.x_train):
             return self
         return Splits(self.x_train[:n], self.y_train[:n], self.x_test, self.y_test, self.source,
-                      self.class_names, self.warnings, self.sha256)
+                      self.class_names, self.warnings, self.sha256, full=self)
 
 
 def keras_cache_dir():

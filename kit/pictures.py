@@ -149,13 +149,16 @@ def write_loss_curves(history, outdir, title, latent_dim):
                            f"{title} — latent dim {latent_dim}, epoch {history[-1]['epoch']}")
 
 
-def write_pictures(model, splits, outdir, title, seed=0):
-    """samples, reconstructions, latent space, interpolations (+ manifold for a 2-D latent)."""
+def write_pictures(model, splits, outdir, title, gmm, seed=0):
+    """samples (prior and GMM), reconstructions, latent space, interpolations (+ manifold for a
+    2-D latent)."""
     outdir = Path(outdir)
     rng = np.random.default_rng(seed)
     latent = model.latent_dim
     plot_image_grid(decode_images(model, rng.standard_normal((100, latent))),
-                          outdir / "samples.png", f"Samples from z ~ N(0, I) — {title}")
+                    outdir / "samples.png", f"Samples from z ~ N(0, I) — {title}")
+    plot_image_grid(decode_images(model, gmm.sample(100, seed)), outdir / "samples_gmm.png",
+                    f"Samples from a {len(gmm.weights)}-component GMM of the training codes — {title}")
 
     originals = splits.x_test[:30]
     means = posterior_means(model, originals)
@@ -207,10 +210,18 @@ def format_metrics(metrics):
              "test_iwae_nll", "nats/image"),
             ("IWAE NLL", "test_iwae_bits_per_dim", "bits/dim"),
             ("BCE floor", "bce_floor", "nats/image"),
-            ("excess over floor", "excess_over_floor", "nats/image")]
+            ("excess over floor", "excess_over_floor", "nats/image"),
+            (f"Fréchet distance to {metrics.get('fd_images')} test images (kit features):", None, ""),
+            ("  prior samples z ~ N(0, I)", "fd_prior_samples", ""),
+            ("  GMM samples", "fd_gmm_samples", ""),
+            ("  test reconstructions", "fd_reconstructions", ""),
+            ("  real training images (ideal)", "fd_train_vs_test", ""),
+            ("feature network test accuracy", "feature_net_test_accuracy", "")]
     lines = []
     for label, key, unit in rows:
         value = metrics.get(key)
-        if value is not None:
+        if key is None and metrics.get("fd_images"):  # a heading
+            lines.append(f"  {label}")
+        elif value is not None:
             lines.append(f"  {label:<36} {value:>10.4f}  {unit}")
     return "\n".join(lines)

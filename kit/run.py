@@ -17,8 +17,12 @@ from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOut
                            StopOnSignal, first_line, load_checkpoint)
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
 from kit.guards import estimate_for, free_space_warning, is_chief
-from kit.evaluate import EVAL_BATCH, compute_metrics
+from kit import sample_quality
+from kit.evaluate import EVAL_BATCH, compute_metrics, posterior_means
 from kit.pictures import format_metrics, write_loss_curves, write_pictures
+
+
+GMM_FIT_IMAGES = 20_000  # posterior means the latent GMM is fitted to: enough for 10 components
 
 
 # --- runtime ------------------------------------------------------------------------------------
@@ -49,11 +53,14 @@ def set_up_runtime(config):
 # --- data ---------------------------------------------------------------------------------------
 
 def load_data(config, spec):
-    """The data set's splits (--limit applied); prints where they came from and any warnings."""
+    """The data set's splits (--limit applied); prints where they came from and any warnings, and
+    refuses at once a cached feature network made from other data (not after training)."""
     splits = spec.load(config.data_dir).limit(config.limit)
     for warning in splits.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"Data: {splits.source} — {len(splits.x_train)} train / {len(splits.x_test)} test images")
+    if config.fd_images and not config.refresh_feature_net:
+        sample_quality.check_feature_cache(spec.name, sample_quality.files_checksum(splits.sha256))
     return splits
 
 
@@ -211,12 +218,33 @@ def save_model(model, config):
 
 # --- evaluation and pictures --------------------------------------------------------------------
 
-def evaluate(model, config, spec, splits, history):
-    """metrics.json (test −ELBO, IWAE, bits/dim, ...) for the test split; printed as a table."""
+def fit_latent_gmm(model, config, splits):
+    """The ex-post GMM sampler fitted to the training images' posterior means (at most
+    GMM_FIT_IMAGES of them), saved as latent_gmm.npz beside the model."""
+    z_train = posterior_means(model, splits.x_train[:GMM_FIT_IMAGES])
+    gmm = sample_quality.fit_latent_gmm(z_train, config.gmm_components, config.seed)
+    gmm.save(Path(config.outdir) / "latent_gmm.npz")
+    return gmm
+
+
+def evaluate(model, config, spec, splits, history, gmm):
+    """metrics.json (test −ELBO, IWAE, bits/dim, Fréchet distances, ...) on the test split;
+    printed as a table."""
     print(f"\nEvaluating on {len(splits.x_test)} test images ...")
-    start = time.perf_counter()
-    metrics = compute_metrics(model, splits.x_test, config.iw_samples, config.iwae_images, config.seed,
-                              progress=True)
+    metrics = {}
+    if config.fd_images:
+        full = splits.full or splits
+        features, info = sample_quality.feature_network(
+            spec.name, full.x_train, full.y_train, full.x_test, full.y_test,
+            sample_quality.files_checksum(splits.sha256), refresh=config.refresh_feature_net,
+            seed=0, verbose=1 if sys.stdout.isatty() else 2)
+        metrics["feature_net_test_accuracy"] = info["test_accuracy"]
+    start = time.perf_counter()  # feature-network training is not evaluation time
+    metrics.update(compute_metrics(model, splits.x_test, config.iw_samples, config.iwae_images,
+                                   config.seed, progress=True))
+    if config.fd_images:
+        metrics.update(sample_quality.sample_quality_metrics(
+            model, features, splits.x_train, splits.x_test, gmm, config.fd_images, config.seed))
     metrics.update(eval_seconds=time.perf_counter() - start, dataset=spec.name,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    data_source=splits.source, data_warnings=splits.warnings,
@@ -227,15 +255,16 @@ def evaluate(model, config, spec, splits, history):
     return metrics
 
 
-def draw_pictures(model, config, spec, splits, history):
-    """Loss curves (given a history), samples, reconstructions, latent space, interpolations."""
+def draw_pictures(model, config, spec, splits, history, gmm):
+    """Loss curves (given a history), samples from the prior and from the GMM, reconstructions,
+    latent space, interpolations."""
     outdir = Path(config.outdir)
     title = spec.title + data_label(splits)
     if history:
         write_loss_curves(history, outdir, title, model.latent_dim)
     epoch_note = f", epoch {history[-1]['epoch']}" if history else ""
     write_pictures(model, splits, outdir, f"{title}{epoch_note}, latent dim {model.latent_dim}",
-                   seed=config.seed)
+                   gmm, seed=config.seed)
     print(f"\nOutputs written to {outdir}/:")
     for path in sorted(outdir.iterdir()):
         if path.is_file() and not path.name.startswith("."):
@@ -248,6 +277,7 @@ def evaluate_saved_model(config, spec):
     splits = load_data(config, spec)
     history_path = Path(config.eval_only).parent / "history.csv"
     history = read_csv(history_path) if history_path.is_file() else []
-    evaluate(model, config, spec, splits, history)
-    draw_pictures(model, config, spec, splits, history)
+    gmm = fit_latent_gmm(model, config, splits)
+    evaluate(model, config, spec, splits, history, gmm)
+    draw_pictures(model, config, spec, splits, history, gmm)
     return 0

@@ -23,6 +23,7 @@ from keras import layers
 from sklearn.mixture import GaussianMixture
 
 from kit.atomic_files import atomic_path, write_json
+from kit.errors import UsageError
 
 FEATURE_NET_VERSION = 1  # bump when the architecture or training changes: old caches are refused
 FEATURE_NET_FILE = "feature_net.keras"
@@ -51,8 +52,8 @@ FEATURE_NET_SETTINGS = {
 }
 
 
-class FeatureNetError(Exception):
-    """The cached feature network cannot be used for this data (stale, foreign or damaged)."""
+class FeatureNetError(UsageError):
+    """The cached feature network cannot be used for this data (stale, foreign or damaged): exit 2."""
 
 
 # --- cache ---------------------------------------------------------------------------------------
@@ -128,9 +129,23 @@ def save_cached_feature_net(folder, model, info):
     write_json(folder / INFO_FILE, {**info, "feature_net_sha256": file_sha256(folder / FEATURE_NET_FILE)})
 
 
+def check_feature_cache(dataset_name, data_checksum, cache_dir=None):
+    """FeatureNetError now, before any training, if the cached network was made from other data."""
+    info_path = feature_cache_dir(cache_dir) / dataset_name / INFO_FILE
+    try:
+        cached = json.loads(info_path.read_text()).get("data_checksum")
+    except (OSError, ValueError, AttributeError):
+        return  # none yet, or unreadable: feature_network reports that when it gets there
+    if cached != data_checksum:
+        raise FeatureNetError(
+            f"the feature network cached in {info_path.parent} was trained on other data (checksum "
+            f"{str(cached)[:12]}..., this data {data_checksum[:12]}...); pass --refresh-feature-net "
+            f"to retrain it, or delete {info_path.parent}")
+
+
 def load_cached_feature_net(folder, checksum):
     """(classifier, info) from a cache folder, after checking it belongs to data `checksum`."""
-    advice = f"pass --refresh to retrain it, or delete {folder}"
+    advice = f"pass --refresh-feature-net to retrain it, or delete {folder}"
     try:
         info = json.loads((folder / INFO_FILE).read_text())
     except (OSError, ValueError) as err:
@@ -332,3 +347,25 @@ def fit_latent_gmm(z, components=10, seed=0):
         raise ValueError(f"need an (N, latent) array with N >= {components} components, got {z.shape}")
     gmm = GaussianMixture(n_components=components, covariance_type="full", random_state=seed).fit(z)
     return LatentGMM(gmm.weights_, gmm.means_, gmm.covariances_)
+
+
+# --- the numbers of a trained VAE ------------------------------------------------------------------
+
+def sample_quality_metrics(model, features, x_train, x_test, gmm, n_images, seed=0):
+    """Fréchet distances to the test images, in the feature network's space: of decoder means of
+    prior samples z ~ N(0, I), of GMM samples, of test reconstructions, and of real training images
+    (what a perfect model would get). Uses up to n_images of each set."""
+    from kit.evaluate import decode_images, posterior_means  # the model's side, kept out of the maths
+    rng = np.random.default_rng(seed)
+    n_images = min(n_images, len(x_test), len(x_train))  # every set the same size
+    test = x_test[:n_images]
+    reference = feature_statistics(features, test)
+
+    def fd(images):
+        return frechet_distance(*feature_statistics(features, images), *reference)
+
+    return {"fd_images": int(len(test)),
+            "fd_prior_samples": fd(decode_images(model, rng.standard_normal((n_images, model.latent_dim)))),
+            "fd_gmm_samples": fd(decode_images(model, gmm.sample(n_images, seed))),
+            "fd_reconstructions": fd(decode_images(model, posterior_means(model, test))),
+            "fd_train_vs_test": fd(x_train[:n_images])}

@@ -5,6 +5,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Feature networks the tests train go to a throw-away cache, never the user's (README, Samples).
+os.environ["VAE_KIT_CACHE"] = tempfile.mkdtemp(prefix="vae-kit-test-cache-")
 
 # A small model for end-to-end runs, so each takes seconds.
 TINY_MODEL = ["--encoder-filters", "8,16", "--encoder-dense", "32", "--decoder-filters", "16,8",

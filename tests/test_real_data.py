@@ -18,7 +18,7 @@ CIFAR_DIR = os.environ.get("VAE_CIFAR10_DIR")
 def test_two_hundred_steps_on_real_fashion_mnist(tmp_path):
     # keras-io architecture, 200 steps of 128 images; the untrained model scores about 543 nats.
     result = run_script("vae_fashion_mnist.py", "--preset", "keras-io", "--epochs", 1, "--limit", 25600,
-                        "--iw-samples", 0, "--outdir", tmp_path, timeout=300)
+                        "--iw-samples", 0, "--fd-images", 0, "--outdir", tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["data_source"] == str(data.DEBIAN_FASHION_MNIST_DIR) and metrics["data_warnings"] == []
@@ -33,7 +33,7 @@ def test_two_hundred_steps_on_cifar10_from_env(tmp_path):
     result = run_script("vae_cifar10.py", "--data-dir", CIFAR_DIR, "--epochs", 1, "--limit", 12800,
                         "--batch-size", 64, "--lr-schedule", "constant", "--latent-dim", 32, "--encoder-filters", "16,32",
                         "--encoder-dense", "128", "--decoder-filters", "32,16", "--decoder-dense", "",
-                        "--iw-samples", 0, "--outdir", tmp_path, timeout=300)
+                        "--iw-samples", 0, "--fd-images", 0, "--outdir", tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test_images"] == 10000 and Path(metrics["data_source"]).name == "cifar-10-batches-py"

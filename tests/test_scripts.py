@@ -1,15 +1,17 @@
 """Both scripts end to end on tiny data: every output, eval-only reuse and argument errors."""
 import json
 
+import numpy as np
 import pytest
 
-from conftest import TINY_MODEL, png_size, run_script
+from conftest import TINY_MODEL, png_size, run_script, write_fashion_mnist
 from kit.atomic_files import read_csv
 
 pytestmark = pytest.mark.slow  # end to end, in subprocesses: `pytest -m "not slow"` skips them
 
-PICTURES = ["loss_curves.png", "samples.png", "reconstructions.png", "latent_space.png",
-            "interpolations.png"]
+PICTURES = ["loss_curves.png", "samples.png", "samples_gmm.png", "reconstructions.png",
+            "latent_space.png", "interpolations.png"]
+FD_KEYS = ["fd_prior_samples", "fd_gmm_samples", "fd_reconstructions", "fd_train_vs_test"]
 METRIC_KEYS = {"test_reconstruction", "test_kl", "test_neg_elbo", "test_images", "test_iwae_nll",
                "iw_samples", "iwae_images", "test_neg_elbo_bits_per_dim", "test_iwae_bits_per_dim",
                "bce_floor", "excess_over_floor", "train_seconds", "epochs", "data_source", "likelihood"}
@@ -46,6 +48,15 @@ def test_fashion_script_writes_every_output(fashion_run, fashion_dir):
     assert metrics["excess_over_floor"] == pytest.approx(metrics["test_neg_elbo"] - metrics["bce_floor"])
     assert (outdir / "model.keras").stat().st_size > 10_000
     assert str(outdir) in result.stdout and "test −ELBO" in result.stdout
+    # Sample quality: four Fréchet distances on the same number of images, the feature network's
+    # accuracy, and a GMM over the 2-D latent that loads without pickle.
+    assert metrics["fd_images"] == 128 and all(metrics[k] >= 0 for k in FD_KEYS)
+    assert metrics["fd_train_vs_test"] < metrics["fd_prior_samples"]  # real images are closest
+    assert 0.0 <= metrics["feature_net_test_accuracy"] <= 1.0
+    with np.load(outdir / "latent_gmm.npz", allow_pickle=False) as gmm:
+        assert gmm["means"].shape == (10, 2) and gmm["covariances"].shape == (10, 2, 2)
+        assert gmm["weights"].sum() == pytest.approx(1.0)
+    assert "Fréchet distance to 128 test images" in result.stdout
 
 
 def test_eval_only_reproduces_the_metrics_of_the_run(fashion_run, fashion_dir, tmp_path):
@@ -56,7 +67,8 @@ def test_eval_only_reproduces_the_metrics_of_the_run(fashion_run, fashion_dir, t
     assert result.returncode == 0, result.stderr[-3000:]
     before = json.loads((outdir / "metrics.json").read_text())
     after = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("test_neg_elbo", "test_reconstruction", "test_kl", "test_iwae_nll", "epochs", "train_seconds"):
+    for key in ("test_neg_elbo", "test_reconstruction", "test_kl", "test_iwae_nll", "epochs", "train_seconds",
+                *FD_KEYS, "feature_net_test_accuracy"):
         assert after[key] == pytest.approx(before[key], rel=1e-5), key
     for name in PICTURES:
         assert png_size(tmp_path / name)[0] > 200
@@ -149,3 +161,14 @@ def test_continuous_bernoulli_warmup_and_tensorboard_end_to_end(fashion_dir, tmp
     assert history[1]["loss"] == pytest.approx(history[1]["reconstruction_loss"] + 0.5 * history[1]["kl_loss"],
                                                rel=1e-4)
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_a_feature_network_cached_for_other_data_is_refused_before_training(fashion_run, tmp_path):
+    # The session's cache holds the feature network of the fixture data; other files are refused
+    # at once, with the way out in the message, and nothing is trained or written.
+    other = write_fashion_mnist(tmp_path / "other", seed=9)
+    result = run_script("vae_fashion_mnist.py", "--data-dir", other, "--epochs", 1,
+                        "--outdir", tmp_path / "out", *TINY_MODEL)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "trained on other data" in result.stderr and "--refresh-feature-net" in result.stderr
+    assert "Epoch 1" not in result.stdout and not (tmp_path / "out").exists()
