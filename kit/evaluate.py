@@ -149,14 +149,21 @@ def png_bits_per_dim(images_uint8):
         f, format="PNG", optimize=True, compress_level=9))
 
 
-def webp_lossless_bits_per_dim(images_uint8):
-    """Bits per sub-pixel as one lossless WebP file each (quality 100, method 6: Pillow's slowest,
-    smallest), headers included; None when Pillow lacks WebP. Gray images are stored as RGB, which
-    WebP needs, but are still counted per original sub-pixel."""
+# Lossless WebP effort: quality 100 (the most effort within a method) at method 2. On the full test
+# splits method 6, libwebp's slowest, gives 4.18 bits/dim on CIFAR-10 (JPEG copy) against 4.00 at
+# method 2, and 4.55 against 4.62 on Fashion-MNIST, at 70-180x the time (477 s against 2.7 s for
+# CIFAR on 2 busy CPU cores): larger or barely smaller, and too slow for every evaluation.
+WEBP_METHOD = 2
+
+
+def webp_lossless_bits_per_dim(images_uint8, method=WEBP_METHOD):
+    """Bits per sub-pixel as one lossless WebP file each (quality 100, the given method 0-6),
+    headers included; None when Pillow lacks WebP. Gray images are stored as RGB, which WebP
+    needs, but are still counted per original sub-pixel."""
     if not features.check("webp"):
         return None
     return _codec_bits_per_dim(images_uint8, lambda image, f: image.save(
-        f, format="WEBP", lossless=True, quality=100, method=6))
+        f, format="WEBP", lossless=True, quality=100, method=method))
 
 
 def compute_metrics(model, x_test, iw_samples, iwae_images, seed=0, progress=False,
