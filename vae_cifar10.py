@@ -19,6 +19,8 @@ CIFAR10 = DatasetSpec(
         # Colour images need more capacity and a larger latent than the grey defaults.
         "default": dict(latent_dim=128, epochs=10, batch_size=128, beta=1.0, lr=1e-3,
                         lr_schedule="cosine", kl_warmup=0, likelihood="bernoulli",
+                        gaussian_sigma="optimal", mixture_components=5, arch="plain",
+                        blocks_per_resolution=1,
                         encoder_filters=[32, 64, 128], encoder_dense=[512],
                         decoder_filters=[128, 64, 32], decoder_dense=[512]),
         "keras-io": KERAS_IO_PRESET,

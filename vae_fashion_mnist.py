@@ -19,6 +19,8 @@ FASHION_MNIST = DatasetSpec(
         # Tuned for quality per second on a 2-core CPU: see docs/BENCHMARKS.md.
         "default": dict(latent_dim=32, epochs=20, batch_size=128, beta=1.0, lr=1e-3,
                         lr_schedule="cosine", kl_warmup=0, likelihood="bernoulli",
+                        gaussian_sigma="optimal", mixture_components=5, arch="plain",
+                        blocks_per_resolution=1,
                         encoder_filters=[32, 64], encoder_dense=[256],
                         decoder_filters=[64, 32], decoder_dense=[256]),
         "keras-io": KERAS_IO_PRESET,

@@ -16,14 +16,18 @@ from typing import Callable, Optional
 from kit.errors import DamagedRunError, UsageError
 from kit.guards import estimate_for, is_int, memory_problem, read_json_object
 
-LIKELIHOODS = ("bernoulli", "continuous-bernoulli")  # the same as common.LIKELIHOODS
+LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "discretized-logistic",
+               "discretized-logistic-mixture")  # the same as common.LIKELIHOODS (a test checks)
+GAUSSIAN_SIGMA_MODES = ("optimal", "learned")  # the same as common.GAUSSIAN_SIGMA_MODES
+ARCHITECTURES = ("plain", "resnet")  # the same as common.ARCHITECTURES
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "cosine")
 
 # The keras.io "Variational AutoEncoder" example's architecture and optimiser.
 KERAS_IO_PRESET = dict(latent_dim=2, epochs=30, batch_size=128, beta=1.0, lr=1e-3,
                        lr_schedule="constant", kl_warmup=0, likelihood="bernoulli",
-                       encoder_filters=[32, 64], encoder_dense=[16],
+                       gaussian_sigma="optimal", mixture_components=5, arch="plain",
+                       blocks_per_resolution=1, encoder_filters=[32, 64], encoder_dense=[16],
                        decoder_filters=[64, 32], decoder_dense=[])
 
 # Options that are the same for every data set (the data sets' tables hold the rest).
@@ -67,6 +71,10 @@ class Config:
     lr_schedule: str
     kl_warmup: int
     likelihood: str
+    gaussian_sigma: str
+    mixture_components: int
+    arch: str
+    blocks_per_resolution: int
     encoder_filters: list
     encoder_dense: list
     decoder_filters: list
@@ -100,11 +108,13 @@ class Config:
         """The keyword arguments of common.build_vae that come from the options."""
         return {name: getattr(self, name) for name in
                 ("latent_dim", "encoder_filters", "encoder_dense", "decoder_filters",
-                 "decoder_dense", "beta", "likelihood")}
+                 "decoder_dense", "beta", "likelihood", "gaussian_sigma", "mixture_components",
+                 "arch", "blocks_per_resolution")}
 
 
 MODEL_FIELDS = ("latent_dim", "epochs", "batch_size", "beta", "lr", "lr_schedule", "kl_warmup",
-                "likelihood", "encoder_filters", "encoder_dense", "decoder_filters", "decoder_dense")
+                "likelihood", "gaussian_sigma", "mixture_components", "arch", "blocks_per_resolution",
+                "encoder_filters", "encoder_dense", "decoder_filters", "decoder_dense")
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
@@ -137,7 +147,14 @@ def build_parser(spec):
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="learning-rate schedule over training")
     p.add_argument("--kl-warmup", type=int, metavar="EPOCHS", help="beta rises linearly from 0 over EPOCHS")
-    p.add_argument("--likelihood", choices=LIKELIHOODS, help="p(x|z)")
+    p.add_argument("--likelihood", choices=LIKELIHOODS, help="p(x|z) (README: Likelihoods)")
+    p.add_argument("--gaussian-sigma", choices=GAUSSIAN_SIGMA_MODES,
+                   help="gaussian: the batch's optimal shared sigma, or a learned one (default optimal)")
+    p.add_argument("--mixture-components", type=int, metavar="K",
+                   help="discretized-logistic-mixture: logistics per pixel (default 5)")
+    p.add_argument("--arch", choices=ARCHITECTURES, help="plain conv stacks, or residual blocks")
+    p.add_argument("--blocks-per-resolution", type=int, metavar="N",
+                   help="resnet: residual blocks after each stride-2 layer (default 1)")
     p.add_argument("--encoder-filters", type=int_list, metavar="F1,F2", help="strided Conv2D widths")
     p.add_argument("--encoder-dense", type=int_list, metavar="U1,..", help="Dense widths after the convs")
     p.add_argument("--decoder-filters", type=int_list, metavar="F1,F2", help="Conv2DTranspose widths")
@@ -236,7 +253,8 @@ def type_name(kind):
 
 def value_problem(v, spec):
     """The first out-of-range option value in a dict of options, as a message, or None."""
-    for name in ("epochs", "batch_size", "latent_dim", "iwae_images", "steps_per_execution"):
+    for name in ("epochs", "batch_size", "latent_dim", "iwae_images", "steps_per_execution",
+                 "mixture_components", "blocks_per_resolution"):
         if v[name] <= 0:
             return f"{option(name)} must be > 0, got {v[name]}"
     if v["limit"] is not None and v["limit"] <= 0:
@@ -250,7 +268,8 @@ def value_problem(v, spec):
     for name in ("iw_samples", "kl_warmup", "fd_images"):
         if v[name] < 0:
             return f"{option(name)} must be >= 0, got {v[name]}"
-    for name, choices in (("likelihood", LIKELIHOODS), ("lr_schedule", LR_SCHEDULES),
+    for name, choices in (("likelihood", LIKELIHOODS), ("gaussian_sigma", GAUSSIAN_SIGMA_MODES),
+                          ("arch", ARCHITECTURES), ("lr_schedule", LR_SCHEDULES),
                           ("distribute", DISTRIBUTE), ("preset", tuple(spec.presets))):
         if v[name] not in choices:
             return f"{option(name)} must be one of {', '.join(choices)}, got {v[name]!r}"

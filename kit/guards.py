@@ -12,7 +12,7 @@ import shutil
 import sys
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kit.errors import DamagedRunError, LockedError
@@ -196,10 +196,19 @@ def estimate_memory_bytes(image_shape, latent_dim, encoder_filters, encoder_dens
 
 
 def estimate_for(config, image_shape):
-    """estimate_memory_bytes for a kit.config.Config's model and batch size."""
-    return estimate_memory_bytes(image_shape, config.latent_dim, config.encoder_filters,
-                                 config.encoder_dense, config.decoder_filters, config.decoder_dense,
-                                 config.batch_size)
+    """estimate_memory_bytes for a kit.config.Config's model and batch size (a resnet's blocks
+    counted as that many more activations per resolution)."""
+    channels = image_shape[-1]
+    outputs = {"discretized-logistic": 2 * channels,  # common.decoder_output_channels
+               "discretized-logistic-mixture":
+                   config.mixture_components * (1 + (3 if channels == 3 else 2) * channels)}
+    estimate = estimate_memory_bytes(image_shape, config.latent_dim, config.encoder_filters,
+                                     config.encoder_dense, config.decoder_filters,
+                                     config.decoder_dense, config.batch_size,
+                                     outputs.get(config.likelihood, channels))
+    if config.arch == "resnet":  # each block: two convolutions and two norms of the same size
+        estimate = replace(estimate, total_bytes=estimate.total_bytes * (1 + 4 * config.blocks_per_resolution))
+    return estimate
 
 
 def physical_memory_bytes():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import common
 from kit import config
 from common import (LIKELIHOODS, VAE, Sampling, bernoulli_nll, build_decoder, build_encoder,
                     build_vae, continuous_bernoulli_log_norm, continuous_bernoulli_mean, gaussian_kl,
@@ -90,6 +91,8 @@ def test_keras_io_architecture_has_the_examples_parameter_counts():
 
 def test_cli_likelihood_choices_match_the_model():
     assert config.LIKELIHOODS == LIKELIHOODS
+    assert config.GAUSSIAN_SIGMA_MODES == common.GAUSSIAN_SIGMA_MODES
+    assert config.ARCHITECTURES == common.ARCHITECTURES
 
 
 def small_data(n=512, seed=0):
