@@ -129,8 +129,8 @@ def plot_latent_manifold(images, grid_values, path, title):
     save_figure(fig, path)
 
 
-def plot_interpolations(rows, row_labels, path, title):
-    """rows: (R, steps, H, W, C); each row decodes a straight line between two posterior means."""
+def plot_image_rows(rows, row_labels, path, title):
+    """rows: (R, N, H, W, C), one labelled row of N images each (interpolations, comparisons)."""
     steps = rows.shape[1]
     fig, axes = plt.subplots(len(rows), 1, figsize=(steps * 0.8, len(rows) * 0.9 + 0.6),
                              layout="constrained")
@@ -181,7 +181,7 @@ def write_pictures(model, splits, outdir, title, gmm, seed=0):
     rows = np.stack([decode_images(model, (1 - steps) * z_test[a] + steps * z_test[b]) for a, b in pairs])
     labels = [f"{splits.class_names[splits.y_test[a]]} → {splits.class_names[splits.y_test[b]]}"
               for a, b in pairs]
-    plot_interpolations(rows, labels, outdir / "interpolations.png",
+    plot_image_rows(rows, labels, outdir / "interpolations.png",
                               f"Interpolations between posterior means — {title}")
 
 

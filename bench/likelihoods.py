@@ -1,0 +1,108 @@
+"""Likelihoods compared back to back on CIFAR-10 (or Fashion-MNIST) within one training budget.
+
+    python bench/likelihoods.py --script vae_cifar10.py --data-dir ../shared/data/cifar10-jpeg-proxy
+    python bench/likelihoods.py --script vae_fashion_mnist.py --runs bce gaussian discretized-logistic
+
+Each run is the script at its defaults plus the run's options, in bench/results/likelihoods/<data>/
+<run>/ (a finished run is not repeated). Prints a Markdown table of the shared numbers and draws
+test images above their reconstructions by the first run and by --pick.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RUNS = {  # name -> options added to the script's defaults
+    "bce": [],
+    "continuous-bernoulli": ["--likelihood", "continuous-bernoulli"],
+    "gaussian": ["--likelihood", "gaussian"],
+    "gaussian-learned": ["--likelihood", "gaussian", "--gaussian-sigma", "learned"],
+    "discretized-logistic": ["--likelihood", "discretized-logistic"],
+    "mixture": ["--likelihood", "discretized-logistic-mixture"],
+    "gaussian-wide": ["--likelihood", "gaussian", "--latent-dim", "256", "--encoder-dense", "",
+                      "--decoder-dense", ""],
+    "resnet-gaussian": ["--likelihood", "gaussian", "--arch", "resnet", "--epochs", "5"],
+}
+COLUMNS = [("epochs", "{:.0f}"), ("train_seconds", "{:.0f} s"), ("test_neg_elbo", "{:.1f}"),
+           ("test_kl", "{:.1f}"), ("bits_per_dim_8bit", "{:.3f}"), ("iwae_bits_per_dim_8bit", "{:.3f}"),
+           ("test_psnr_db", "{:.2f}"), ("test_ssim", "{:.3f}"), ("test_mse", "{:.4f}"),
+           ("fd_prior_samples", "{:.3f}"), ("fd_gmm_samples", "{:.3f}")]
+
+
+def run(script, name, options, data_dir, outdir):
+    if (outdir / "metrics.json").exists():
+        print(f"{name}: done before, reusing {outdir}")
+        return
+    command = [sys.executable, str(ROOT / script), "--outdir", str(outdir), *options]
+    if data_dir:
+        command += ["--data-dir", data_dir]
+    print(f"{name}: {' '.join(command[1:])}", flush=True)
+    with open(outdir.parent / f"{name}.log", "w") as log:
+        subprocess.run(command, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def table(results):
+    lines = ["| run | options | " + " | ".join(c for c, _ in COLUMNS) + " |",
+             "|" + "---|" * (len(COLUMNS) + 2)]
+    for name, metrics in results.items():
+        cells = [("—" if metrics.get(c) is None else f.format(metrics[c])) for c, f in COLUMNS]
+        lines.append(f"| {name} | `{' '.join(RUNS[name]) or '(defaults)'}` | " + " | ".join(cells) + " |")
+    first = next(iter(results.values()))
+    lines.append(f"\nPNG of the same test images: {first.get('png_bits_per_dim')} bits/dim; "
+                 f"WebP lossless: {first.get('webp_bits_per_dim')} bits/dim.")
+    return "\n".join(lines)
+
+
+def side_by_side(folder, names, data_title, path, n=10):
+    """Test images above their reconstructions (decoder mean at the posterior mean) by each run."""
+    import keras
+    import numpy as np
+
+    import common  # noqa: F401  (registers the model classes)
+    from kit.evaluate import decode_images, posterior_means
+    from kit.pictures import plot_image_rows
+    models = {name: keras.models.load_model(folder / name / "model.keras") for name in names}
+    spec = json.loads((folder / names[0] / "config.json").read_text())
+    x = load_test_images(spec)[:n]
+    rows = [x] + [decode_images(m, posterior_means(m, x)) for m in models.values()]
+    plot_image_rows(np.stack(rows), ["input", *names], path,
+                    f"Test images and reconstructions — {data_title}")
+
+
+def load_test_images(config):
+    from kit.data import load_cifar10, load_fashion_mnist
+    load = load_cifar10 if config["dataset"] == "cifar10" else load_fashion_mnist
+    return load(config["data_dir"]).x_test
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--script", default="vae_cifar10.py")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--runs", nargs="+", default=["bce", "gaussian", "discretized-logistic", "mixture",
+                                                      "gaussian-wide", "resnet-gaussian"], choices=list(RUNS))
+    parser.add_argument("--pick", help="the run shown beside the first in the picture")
+    parser.add_argument("--picture", help="PNG path for the side-by-side reconstructions")
+    parser.add_argument("--title", default="CIFAR-10 (JPEG copy)")
+    args = parser.parse_args()
+    folder = ROOT / "bench" / "results" / "likelihoods" / Path(args.script).stem
+    results = {}
+    for name in args.runs:
+        outdir = folder / name
+        outdir.mkdir(parents=True, exist_ok=True)
+        run(args.script, name, RUNS[name], args.data_dir, outdir)
+        results[name] = json.loads((outdir / "metrics.json").read_text())
+    print(f"\n{args.title}, test split; commands: {args.script} --data-dir ... + options\n")
+    print(table(results))
+    if args.picture and args.pick:
+        side_by_side(folder, [args.runs[0], args.pick], args.title, args.picture)
+
+
+if __name__ == "__main__":
+    main()
