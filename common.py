@@ -43,9 +43,9 @@ class Sampling(layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
-def build_encoder(input_shape, latent_dim, conv_filters=(32, 64), dense_units=(16,),
-                  kernel_size=3, seed=None, arch="plain", blocks_per_resolution=1):
-    """Conv stack -> Dense -> (z_mean, z_log_var, z); keras.io's encoder by default.
+def build_encoder(input_shape, latent_dim, conv_filters, dense_units, kernel_size=3, seed=None,
+                  arch="plain", blocks_per_resolution=1):
+    """Conv stack -> Dense -> (z_mean, z_log_var, z); keras.io's encoder with its preset's widths.
 
     arch "plain": one strided ReLU Conv2D per width. "resnet": per width a strided Conv2D, then
     `blocks_per_resolution` residual blocks of that width (see residual_block).
@@ -72,9 +72,8 @@ def build_encoder(input_shape, latent_dim, conv_filters=(32, 64), dense_units=(1
     return keras.Model(inputs, [z_mean, z_log_var, z], name="encoder")
 
 
-def build_decoder(latent_dim, image_shape, conv_filters=(64, 32), dense_units=(),
-                  kernel_size=3, likelihood="bernoulli", mixture_components=5, arch="plain",
-                  blocks_per_resolution=1):
+def build_decoder(latent_dim, image_shape, conv_filters, dense_units, kernel_size=3,
+                  likelihood="bernoulli", mixture_components=5, arch="plain", blocks_per_resolution=1):
     """Dense -> Reshape -> Conv2DTranspose stack -> the parameters of p(x|z) per pixel.
 
     The last layer has decoder_output_channels(likelihood, C, mixture_components) channels, in
@@ -567,10 +566,9 @@ class VAE(keras.Model):
         return cls(**config)
 
 
-def build_vae(image_shape, latent_dim, encoder_filters=(32, 64), encoder_dense=(16,),
-              decoder_filters=(64, 32), decoder_dense=(), beta=1.0, likelihood="bernoulli",
-              dataset=None, seed=None, gaussian_sigma="optimal", mixture_components=5,
-              arch="plain", blocks_per_resolution=1):
+def build_vae(image_shape, latent_dim, encoder_filters, encoder_dense, decoder_filters,
+              decoder_dense, beta=1.0, likelihood="bernoulli", dataset=None, seed=None,
+              gaussian_sigma="optimal", mixture_components=5, arch="plain", blocks_per_resolution=1):
     """Encoder + decoder + VAE in one call, built so that `model.summary()` works at once."""
     encoder = build_encoder(image_shape, latent_dim, encoder_filters, encoder_dense, seed=seed,
                             arch=arch, blocks_per_resolution=blocks_per_resolution)

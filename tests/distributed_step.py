@@ -19,7 +19,7 @@ from kit.run import make_strategy  # noqa: E402
 def one_step(strategy, initial_weights, x):
     with strategy.scope():
         model = build_vae((28, 28, 1), 3, encoder_filters=(4, 8), encoder_dense=(16,),
-                          decoder_filters=(8, 4), beta=0.7, seed=0)
+                          decoder_filters=(8, 4), decoder_dense=(), beta=0.7, seed=0)
         model.set_weights(initial_weights)
         # z = z_mean: the test is about how replicas' gradients are combined, so the sampling
         # noise (drawn per replica) must not differ between the two set-ups.
@@ -33,7 +33,7 @@ def main():
     mirrored = make_strategy("mirrored")  # two logical CPUs on a machine without GPUs
     keras.utils.set_random_seed(0)
     initial = build_vae((28, 28, 1), 3, encoder_filters=(4, 8), encoder_dense=(16,),
-                        decoder_filters=(8, 4), beta=0.7, seed=0).get_weights()
+                        decoder_filters=(8, 4), decoder_dense=(), beta=0.7, seed=0).get_weights()
     x = np.random.default_rng(0).random((16, 28, 28, 1)).astype(np.float32)
     single_weights, single_loss = one_step(tf.distribute.get_strategy(), initial, x)
     multi_weights, multi_loss = one_step(mirrored, initial, x)

@@ -34,7 +34,7 @@ def test_resnet_shapes_and_blocks_per_resolution(blocks):
 
 
 def test_resnet_blocks_start_as_the_identity():
-    decoder = build_decoder(4, (8, 8, 1), conv_filters=(8,), arch="resnet", blocks_per_resolution=2)
+    decoder = build_decoder(4, (8, 8, 1), conv_filters=(8,), dense_units=(), arch="resnet", blocks_per_resolution=2)
     adds = [layer for layer in decoder.layers if type(layer).__name__ == "Add"]
     probe = keras.Model(decoder.inputs, [adds[0].input[0], adds[-1].output])
     before, after = probe([np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)])
@@ -44,7 +44,8 @@ def test_resnet_blocks_start_as_the_identity():
 @pytest.mark.parametrize("likelihood,channels", [("bernoulli", 1), ("gaussian", 3), ("discretized-logistic", 6)])
 def test_plain_decoder_output_channels_follow_the_likelihood(likelihood, channels):
     image_channels = 1 if likelihood == "bernoulli" else 3
-    decoder = build_decoder(2, (8, 8, image_channels), conv_filters=(4,), likelihood=likelihood)
+    decoder = build_decoder(2, (8, 8, image_channels), conv_filters=(4,), dense_units=(),
+                            likelihood=likelihood)
     assert decoder.output_shape == (None, 8, 8, channels)
     assert decoder.get_layer("outputs").dtype_policy.compute_dtype == "float32"
 
@@ -66,7 +67,7 @@ def test_resnet_mixture_under_mixed_precision_keeps_float32_losses():
     try:
         keras.utils.set_random_seed(0)
         model = build_vae((4, 4, 3), 2, encoder_filters=(4,), encoder_dense=(4,), decoder_filters=(4,),
-                          likelihood="discretized-logistic-mixture", mixture_components=2, seed=0,
+                          decoder_dense=(), likelihood="discretized-logistic-mixture", mixture_components=2, seed=0,
                           arch="resnet")
         x = np.random.default_rng(1).integers(0, 256, (8, 4, 4, 3)).astype(np.float32) / 255
         with tf.GradientTape() as tape:
@@ -84,4 +85,4 @@ def test_architecture_options_are_checked():
         build_encoder((8, 8, 1), 2, (4,), (), arch="unet")
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="blocks_per_resolution"):
-            build_decoder(2, (8, 8, 1), (4,), arch="resnet", blocks_per_resolution=bad)
+            build_decoder(2, (8, 8, 1), (4,), (), arch="resnet", blocks_per_resolution=bad)

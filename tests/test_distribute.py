@@ -77,7 +77,8 @@ def test_mixed_precision_keeps_losses_float32_and_finite():
     try:
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
         keras.utils.set_random_seed(0)
-        model = build_vae((28, 28, 1), 4, encoder_filters=(8, 16), decoder_filters=(16, 8), seed=0)
+        model = build_vae((28, 28, 1), 4, encoder_filters=(8, 16), encoder_dense=(16,), decoder_filters=(16, 8),
+                          decoder_dense=(), seed=0)
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
         x = np.random.default_rng(0).random((32, 28, 28, 1)).astype(np.float32)
         assert model.encoder.layers[1].compute_dtype == "bfloat16"  # the convolutions run in bf16

@@ -106,7 +106,8 @@ def small_data(n=512, seed=0):
 
 def test_loss_decreases_on_a_small_synthetic_data_set():
     keras.utils.set_random_seed(0)
-    model = build_vae((28, 28, 1), 4, encoder_dense=(32,), seed=0)
+    model = build_vae((28, 28, 1), 4, encoder_filters=(32, 64), encoder_dense=(32,), decoder_filters=(64, 32),
+                      decoder_dense=(), seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     history = model.fit(small_data(), epochs=4, batch_size=32, verbose=0).history
     assert history["loss"][-1] < 0.5 * history["loss"][0]
@@ -115,7 +116,8 @@ def test_loss_decreases_on_a_small_synthetic_data_set():
 
 def test_trackers_report_reconstruction_plus_beta_kl():
     keras.utils.set_random_seed(0)
-    model = build_vae((28, 28, 1), 4, beta=0.5, seed=0)
+    model = build_vae((28, 28, 1), 4, encoder_filters=(32, 64), encoder_dense=(16,), decoder_filters=(64, 32),
+                      decoder_dense=(), beta=0.5, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     logs = model.evaluate(small_data(64), batch_size=64, verbose=0, return_dict=True)
     assert logs["loss"] == pytest.approx(logs["reconstruction_loss"] + 0.5 * logs["kl_loss"], rel=1e-5)
@@ -123,7 +125,8 @@ def test_trackers_report_reconstruction_plus_beta_kl():
 
 def test_save_and_load_round_trip_gives_identical_outputs(tmp_path):
     keras.utils.set_random_seed(0)
-    model = build_vae((32, 32, 3), 8, encoder_filters=(8, 16), decoder_filters=(16, 8), beta=2.0,
+    model = build_vae((32, 32, 3), 8, encoder_filters=(8, 16), encoder_dense=(16,), decoder_filters=(16, 8),
+                      decoder_dense=(), beta=2.0,
                       likelihood="continuous-bernoulli", dataset="cifar10", seed=1)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     x = np.random.default_rng(0).random((16, 32, 32, 3)).astype(np.float32)

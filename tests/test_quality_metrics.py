@@ -110,7 +110,8 @@ def test_mixture_reports_8bit_numbers_and_bernoulli_reports_none():
 
 def test_ssim_is_none_for_images_smaller_than_its_window():
     keras.utils.set_random_seed(0)
-    model = build_vae((4, 4, 1), 1, encoder_filters=(2,), encoder_dense=(2,), decoder_filters=(2,), seed=0)
+    model = build_vae((4, 4, 1), 1, encoder_filters=(2,), encoder_dense=(2,), decoder_filters=(2,),
+                      decoder_dense=(), seed=0)
     x = (np.random.default_rng(0).random((5, 4, 4, 1)) > 0.5).astype(np.float32)
     metrics = compute_metrics(model, x, iw_samples=0, iwae_images=0, lossless_codecs=False)
     assert metrics["test_ssim"] is None and np.isfinite(metrics["test_psnr_db"])
