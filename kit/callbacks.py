@@ -39,11 +39,8 @@ class KLWarmup(keras.callbacks.Callback):
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
-    """Stops at the first NaN/Inf loss, naming epoch and step.
-
-    Keras' TerminateOnNaN only sets stop_training, so the epoch's end (and our checkpoint) would
-    still run on the broken weights; raising keeps the last good checkpoint untouched.
-    """
+    """Stops at the first NaN/Inf loss, naming epoch and step, before any checkpoint of the
+    broken weights (why not TerminateOnNaN: README, Engineering notes)."""
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -111,13 +108,8 @@ class RankOneStepOutputs(keras.callbacks.Callback):
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch: a checkpoint, then history.csv and the loss curves, each replaced atomically.
-
-    Why not BackupAndRestore/ModelCheckpoint/CSVLogger: they write in place (a kill while
-    saving breaks the file), and neither stores the history, the sampling RNG state and the
-    weights as one consistent unit. Here the model goes to ckpt-epochNNNN.keras first, then
-    state.json, which names it, is renamed into place: that rename is the commit point.
-    """
+    """After every epoch: a checkpoint (model, then state.json naming it: the commit point), then
+    history.csv and the loss curves, each replaced atomically (README, Engineering notes)."""
 
     def __init__(self, outdir, history, plot_history, is_chief=True):
         super().__init__()
