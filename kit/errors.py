@@ -18,7 +18,6 @@ class KitError(Exception):
 
 class DataError(KitError):
     """A data file is missing, unreadable or not what it claims to be: exit 1."""
-    exit_code = 1
 
 
 class UsageError(KitError):
