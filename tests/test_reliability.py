@@ -23,7 +23,7 @@ from kit.atomic_files import read_csv
 from kit.errors import TrainingStopped, WriteError
 
 FASHION = "vae_fashion_mnist.py"
-TINY_RUN = [*TINY_MODEL, "--iw-samples", "0"]
+TINY_RUN = [*TINY_MODEL, "--iw-samples", "0", "--fd-images", "0"]  # no IWAE, no Fréchet distance
 LOCK = ".lock"
 
 
@@ -39,9 +39,8 @@ def snapshot(folder):
 # TensorFlow's C++ start-up log (absl format), which TF_CPP_MIN_LOG_LEVEL=3 does not silence once
 # keras is imported: "WARNING: All log messages before absl::InitializeLog() ..." and
 # "I0000 00:00:1795906466.975212   13262 cudart_stub.cc:31] Could not find cuda drivers ...".
-TF_LOG_LINE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")
-
-
+TF_LOG_LINE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)"
+                         r"|[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")
 PYTHON_WARNING = re.compile(r"\S+\.py:\d+: \w*Warning: ")  # then an indented source line
 
 
