@@ -121,13 +121,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted((logs or {}).items())}}
+        if self.is_chief:  # the checkpoint commits first: the history is never ahead of it
+            save_checkpoint(self.model, self.dir, epoch + 1, [*self.history, row])
         self.history.append(row)
-        if not self.is_chief:
-            return
-        # The checkpoint commits first, so history.csv and the curves are never ahead of it.
-        save_checkpoint(self.model, self.dir, epoch + 1, self.history)
-        write_csv(self.outdir / "history.csv", self.history)
-        self.plot_history(self.history)
+        if self.is_chief:
+            write_csv(self.outdir / "history.csv", self.history)
+            self.plot_history(self.history)
 
 
 def sampling_layer(model):

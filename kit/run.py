@@ -161,7 +161,8 @@ def start_run_folder(config, spec, splits):
         return
     outdir = Path(config.outdir)
     if not config.resume:
-        for stale in ("metrics.json", "model.keras", "checkpoint/state.json"):
+        for stale in ("metrics.json", "model.keras", "latent_gmm.npz", "history.csv",
+                      "checkpoint/state.json"):
             (outdir / stale).unlink(missing_ok=True)
     warning = free_space_warning(outdir, estimate_for(config, spec.image_shape).model_file_bytes)
     if warning:

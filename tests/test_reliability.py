@@ -112,9 +112,6 @@ def trained_run(trained):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="vae_fashion_mnist.py / vae_cifar10.py call model.fit(tf.data.Dataset) without "
-                          "shuffle=False, so Keras warns on stderr that shuffle=True is ignored",
-                   strict=True)
 def test_training_writes_no_python_warnings(trained):
     _, result = trained
     assert python_warnings(result.stderr) == []
@@ -322,10 +319,6 @@ def test_a_full_disk_stops_with_exit_5_naming_the_file(full_disk_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="kit/callbacks.py EpochCheckpoint.on_epoch_end appends the epoch to history "
-                          "before save_checkpoint commits it, and kit/run.py resume_hint_on_stop counts "
-                          "len(history): a failed first checkpoint gets '1 epoch(s) are saved ... "
-                          "Resume with:' although no checkpoint exists", strict=True)
 def test_after_a_full_disk_the_hint_counts_only_saved_epochs(full_disk_run):
     outdir, result = full_disk_run
     assert result.returncode == 5, result.stderr[-3000:]
