@@ -1,7 +1,7 @@
 """Feature networks for the Fréchet distance: train (or load) each data set's, time its features.
 
     python bench/feature_nets.py --refresh
-    python bench/feature_nets.py --datasets cifar10 --cifar-dir /work/shared/data/cifar10-jpeg-proxy
+    python bench/feature_nets.py --datasets cifar10 --cifar-dir path/to/cifar-10-batches-py-parent
 
 Per data set: test accuracy and training seconds of the cached network (kit/sample_quality.py),
 seconds of feature_statistics over 10,000 images (first call includes tracing), and the

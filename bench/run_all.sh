@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every measurement behind docs/BENCHMARKS.md, one after another (about 50 minutes on 2 cores).
+# Every measurement behind docs/BENCHMARKS.md, one after another (about 2 hours on 2 cores).
 # Run it on an otherwise quiet machine: everything here is timed.
 #   CIFAR_DIR=path/to/cifar-10-batches-py-parent bash bench/run_all.sh
 set -euo pipefail
@@ -31,3 +31,13 @@ $PY vae_cifar10.py $CIFAR_ARGS --outdir outputs/cifar10
 $PY bench/time_to_quality.py --run "keras-io preset (latent 2)=outputs/cifar10_keras_io" --run "kit defaults (latent 128)=outputs/cifar10" \
     --title "CIFAR-10 (JPEG copy) test −ELBO against training time" \
     --plot docs/cifar10_elbo_vs_time.png | tee bench/results/cifar10_time_to_quality.json
+
+# Feature networks of the Fréchet distance: accuracy and training time (cached afterwards).
+$PY bench/feature_nets.py ${CIFAR_DIR:+--cifar-dir $CIFAR_DIR} | tee bench/results/feature_nets.md
+
+# Likelihoods and architectures back to back at the scripts' defaults (README: Likelihoods).
+$PY bench/likelihoods.py --script vae_cifar10.py $CIFAR_ARGS --title "CIFAR-10 (JPEG copy)" \
+    --runs bce gaussian discretized-logistic mixture gaussian-wide resnet-gaussian \
+    --pick gaussian-wide --picture docs/cifar10_likelihoods.png | tee bench/results/likelihoods_cifar10.md
+$PY bench/likelihoods.py --script vae_fashion_mnist.py --title "Fashion-MNIST" \
+    --runs bce gaussian discretized-logistic | tee bench/results/likelihoods_fashion_mnist.md
