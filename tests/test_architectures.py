@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import build_decoder, build_encoder, build_vae
+from common import LIKELIHOODS, build_decoder, build_encoder, build_vae
 
 
 def layer_types(model):
@@ -62,13 +62,16 @@ def test_a_resnet_vae_trains():
     assert history["loss"][-1] < history["loss"][0]
 
 
-def test_resnet_mixture_under_mixed_precision_keeps_float32_losses():
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("arch", ["plain", "resnet"])
+def test_every_likelihood_under_mixed_precision_keeps_float32_losses(likelihood, arch):
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
         keras.utils.set_random_seed(0)
         model = build_vae((4, 4, 3), 2, encoder_filters=(4,), encoder_dense=(4,), decoder_filters=(4,),
-                          decoder_dense=(), likelihood="discretized-logistic-mixture", mixture_components=2, seed=0,
-                          arch="resnet")
+                          decoder_dense=(), likelihood=likelihood, mixture_components=2, seed=0,
+                          arch=arch)
+        assert model.decoder.layers[-2].compute_dtype == "bfloat16"  # the network computes in bf16
         x = np.random.default_rng(1).integers(0, 256, (8, 4, 4, 3)).astype(np.float32) / 255
         with tf.GradientTape() as tape:
             reconstruction, kl = model.per_image_losses(x, training=True)
