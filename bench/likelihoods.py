@@ -27,6 +27,8 @@ RUNS = {  # name -> options added to the script's defaults
     "mixture": ["--likelihood", "discretized-logistic-mixture"],
     "gaussian-wide": ["--likelihood", "gaussian", "--latent-dim", "256", "--encoder-dense", "",
                       "--decoder-dense", ""],
+    "gaussian-latent512": ["--likelihood", "gaussian", "--latent-dim", "512", "--encoder-dense", "",
+                           "--decoder-dense", ""],
     "resnet-gaussian": ["--likelihood", "gaussian", "--arch", "resnet", "--epochs", "5"],
 }
 COLUMNS = [("epochs", "{:.0f}"), ("train_seconds", "{:.0f} s"), ("test_neg_elbo", "{:.1f}"),

@@ -2,6 +2,7 @@
 
     python bench/time_to_quality.py --run keras-io=outputs/keras_io --run default=outputs/fashion_mnist \
         --target 240 --plot docs/elbo_vs_time.png
+    python bench/time_to_quality.py --run logistic=DIR --bits-per-dim 3072 --line PNG=5.985 ...
 
 Reads each run's history.csv: the validation terms are single-sample estimates over the whole test
 split with beta = 1 (val_reconstruction_loss + val_kl_loss, so KL warm-up does not hide anything),
@@ -10,6 +11,7 @@ and time is the summed epoch_seconds (training only). Reports when each run firs
 """
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,13 +22,13 @@ from kit.atomic_files import read_csv  # noqa: E402
 from kit.pictures import plt, save_figure  # noqa: E402
 
 
-def plot_curves_vs_time(curves, path, title, ylabel, target=None):
-    """curves: {name: (seconds, values)}; used by bench/ for test −ELBO against wall-clock time."""
+def plot_curves_vs_time(curves, path, title, ylabel, lines=None):
+    """curves: {name: (seconds, values)} against wall-clock time; lines: {label: level} drawn flat."""
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, (seconds, values) in curves.items():
         ax.plot(seconds, values, "o-", markersize=3, label=name)
-    if target is not None:
-        ax.axhline(target, color="gray", linestyle=":", label=f"target {target:g}")
+    for (label, level), style in zip((lines or {}).items(), (":", "--", "-.")):
+        ax.axhline(level, color="gray", linestyle=style, label=f"{label} {level:g}")
     ax.set_xlabel("wall-clock training time (s)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -56,8 +58,17 @@ def main():
     parser.add_argument("--target", type=float, help="−ELBO level, nats/image")
     parser.add_argument("--plot", required=True)
     parser.add_argument("--title", default="Fashion-MNIST test −ELBO against training time")
+    parser.add_argument("--bits-per-dim", type=int, metavar="D",
+                        help="plot −ELBO / (D ln 2): bits/dim (of 8-bit data for the discretized likelihoods)")
+    parser.add_argument("--line", action="append", default=[], metavar="NAME=LEVEL",
+                        help="a flat reference line, e.g. PNG=5.985")
     args = parser.parse_args()
     curves = dict((name, elbo_curve(path)) for name, path in (r.split("=", 1) for r in args.run))
+    unit = "nats/image"
+    if args.bits_per_dim:
+        curves = {name: (t, [v / (args.bits_per_dim * math.log(2.0)) for v in values])
+                  for name, (t, values) in curves.items()}
+        unit = "bits/dim"
     reference_name, reference = next(iter(curves.items()))
     reference_final = reference[1][-1]
     report = {"target": args.target, "reference": reference_name, "reference_final_neg_elbo": reference_final,
@@ -71,7 +82,10 @@ def main():
             "seconds_to_reference_final": to_reference,
             "fraction_of_reference_time": None if to_reference is None else to_reference / reference[0][-1]}
     print(json.dumps(report, indent=2))
-    plot_curves_vs_time(curves, args.plot, args.title, "test −ELBO (nats/image)", target=args.target)
+    lines = dict((name, float(level)) for name, level in (line.split("=", 1) for line in args.line))
+    if args.target is not None:
+        lines["target"] = args.target
+    plot_curves_vs_time(curves, args.plot, args.title, f"test −ELBO ({unit})", lines)
 
 
 if __name__ == "__main__":
