@@ -31,7 +31,8 @@ def test_two_hundred_steps_on_real_fashion_mnist(tmp_path):
                     reason="no CIFAR-10 folder in VAE_CIFAR10_DIR")
 def test_two_hundred_steps_on_cifar10_from_env(tmp_path):
     result = run_script("vae_cifar10.py", "--data-dir", CIFAR_DIR, "--epochs", 1, "--limit", 12800,
-                        "--batch-size", 64, "--lr-schedule", "constant", "--latent-dim", 32, "--encoder-filters", "16,32",
+                        "--batch-size", 64, "--lr-schedule", "constant", "--latent-dim", 32,
+                        "--likelihood", "bernoulli", "--encoder-filters", "16,32",
                         "--encoder-dense", "128", "--decoder-filters", "32,16", "--decoder-dense", "",
                         "--iw-samples", 0, "--fd-images", 0, "--outdir", tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
