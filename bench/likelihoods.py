@@ -64,8 +64,11 @@ def table(script, results):
              "|" + "---|" * (len(COLUMNS) + 2)]
     for name, metrics in results.items():
         cells = [("—" if metrics.get(c) is None else f.format(metrics[c])) for c, f in COLUMNS]
-        options = " ".join(repr(o) if o == "" else o for o in options_of(script, name))
+        options = " ".join(repr(o) if o == "" else o for o in RUNS[name])
         lines.append(f"| {name} | `{options or '(defaults)'}` | " + " | ".join(cells) + " |")
+    if "cifar" in script:
+        lines.insert(0, f"Every run's options come on top of `{' '.join(SEED_NETWORK)}` (the network "
+                        f"CIFAR-10 had by default before this comparison).\n")
     first = next(iter(results.values()))
     lines.append(f"\nPNG of the same test images: {first.get('png_bits_per_dim')} bits/dim; "
                  f"WebP lossless: {first.get('webp_bits_per_dim')} bits/dim.")
@@ -84,7 +87,7 @@ def side_by_side(folder, names, data_title, path, n=10):
     spec = json.loads((folder / names[0] / "config.json").read_text())
     x = load_test_images(spec)[:n]
     rows = [x] + [decode_images(m, posterior_means(m, x)) for m in models.values()]
-    plot_image_rows(np.stack(rows), ["input", *names], path,
+    plot_image_rows(np.stack(rows), ["input", f"{names[0]} (old default)", f"{names[1]} (new default)"], path,
                     f"Test images and reconstructions — {data_title}")
 
 
