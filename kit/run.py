@@ -64,11 +64,11 @@ def load_data(config, spec):
     return splits
 
 
-def data_label(splits):
-    """What plot titles add when the files are not the official ones (a copy must say so)."""
+def data_title(spec, splits):
+    """The data set's name for plot titles, saying so when the files are a copy, not the official ones."""
     if not splits.warnings:
-        return ""
-    return " (JPEG copy)" if "jpeg" in splits.source.lower() else " (modified copy)"
+        return spec.title
+    return spec.title + (" (JPEG copy)" if "jpeg" in splits.source.lower() else " (modified copy)")
 
 
 def steps_per_epoch(config, splits):
@@ -180,7 +180,7 @@ def training_callbacks(config, spec, splits, history):
     """Epoch timer, KL warm-up, NaN and signal stops, and the per-epoch checkpoint, which appends
     to `history` and redraws the loss curves."""
     outdir = Path(config.outdir)
-    title = spec.title + data_label(splits)
+    title = data_title(spec, splits)
     latent_dim = config.latent_dim
 
     def draw(rows):
@@ -260,7 +260,7 @@ def draw_pictures(model, config, spec, splits, history, gmm):
     """Loss curves (given a history), samples from the prior and from the GMM, reconstructions,
     latent space, interpolations."""
     outdir = Path(config.outdir)
-    title = spec.title + data_label(splits)
+    title = data_title(spec, splits)
     if history:
         write_loss_curves(history, outdir, title, model.latent_dim)
     epoch_note = f", epoch {history[-1]['epoch']}" if history else ""
