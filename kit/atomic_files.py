@@ -4,10 +4,15 @@ import errno
 import io
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
 from kit.errors import WriteError
+
+
+# ".<stem>.tmp<pid><suffix>": the temporary name atomic_path writes under.
+TEMPORARY_NAME = re.compile(r"^\..+\.tmp\d+(\.[A-Za-z0-9]+)?$")
 
 
 @contextmanager
@@ -23,6 +28,16 @@ def atomic_path(path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_leftover_temporaries(folder):
+    """Delete temporary files that a killed process (kill -9, power loss) left under `folder`.
+
+    Only safe while holding the folder's lock: then no other process is writing them.
+    """
+    for path in Path(folder).rglob(".*"):
+        if path.is_file() and TEMPORARY_NAME.match(path.name):
+            path.unlink(missing_ok=True)
 
 
 def write_error_message(err, path):

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from kit.atomic_files import remove_leftover_temporaries
 from kit.errors import DamagedRunError, LockedError
 
 LOCK_NAME = ".lock"
@@ -89,6 +90,8 @@ def is_chief():
 def claim_outdir(outdir):
     """Take outdir's lock for the rest of this process (the chief's, in a cluster).
 
+    Holding it, remove the temporary files a killed run may have left (see atomic_files).
+
     A run that left nothing in the folder but the lock (a refused one) removes the lock file
     again, and the folder too if this call created it: a refused run leaves no trace.
     """
@@ -98,6 +101,7 @@ def claim_outdir(outdir):
     created = not outdir.exists()
     lock = outdir_lock(outdir)
     lock.__enter__()
+    remove_leftover_temporaries(outdir)
 
     def release():
         lock.__exit__(None, None, None)
