@@ -92,6 +92,40 @@ def side_by_side(folder, names, data_title, path, n=10):
                     f"Test images and reconstructions — {data_title}")
 
 
+def samples_side_by_side(folder, names, data_title, path, width=1400):
+    """Each run's samples.png (prior) above its samples_gmm.png, one labelled column per run."""
+    from PIL import Image, ImageChops, ImageDraw, ImageFont
+
+    def grid(png):  # the image grid without its title and margins
+        image = Image.open(png).convert("L")
+        image = image.crop((0, 30, image.width, image.height))
+        return image.crop(ImageChops.difference(image, Image.new("L", image.size, 255)).getbbox())
+
+    font, label_height, gap = ImageFont.load_default(size=22), 36, 20
+    columns = []
+    for name in names:
+        prior, gmm = grid(folder / name / "samples.png"), grid(folder / name / "samples_gmm.png")
+        gmm = gmm.resize((prior.width, round(gmm.height * prior.width / gmm.width)))
+        column = Image.new("L", (prior.width, 2 * label_height + prior.height + gmm.height), 255)
+        draw = ImageDraw.Draw(column)
+        draw.text((prior.width // 2, label_height // 2), f"{name}: z ~ N(0, I)", font=font, anchor="mm")
+        column.paste(prior, (0, label_height))
+        draw.text((prior.width // 2, label_height + prior.height + label_height // 2),
+                  f"{name}: GMM of the training codes", font=font, anchor="mm")
+        column.paste(gmm, (0, 2 * label_height + prior.height))
+        columns.append(column)
+    out = Image.new("L", (sum(c.width for c in columns) + gap * (len(columns) - 1),
+                          label_height + max(c.height for c in columns)), 255)
+    ImageDraw.Draw(out).text((out.width // 2, label_height // 2), f"Samples: {data_title}", font=font,
+                             anchor="mm")
+    x = 0
+    for column in columns:
+        out.paste(column, (x, label_height))
+        x += column.width + gap
+    out.thumbnail((width, width))
+    out.save(path, optimize=True)
+
+
 def load_test_images(config):
     from kit.data import load_cifar10, load_fashion_mnist
     load = load_cifar10 if config["dataset"] == "cifar10" else load_fashion_mnist
@@ -106,6 +140,7 @@ def main():
                                                       "gaussian-wide", "resnet-gaussian"], choices=list(RUNS))
     parser.add_argument("--pick", help="the run shown beside the first in the picture")
     parser.add_argument("--picture", help="PNG path for the side-by-side reconstructions")
+    parser.add_argument("--samples-picture", help="PNG path for every run's prior and GMM samples")
     parser.add_argument("--title", default="CIFAR-10 (JPEG copy)")
     args = parser.parse_args()
     folder = ROOT / "bench" / "results" / "likelihoods" / Path(args.script).stem
@@ -119,6 +154,8 @@ def main():
     print(table(args.script, results))
     if args.picture and args.pick:
         side_by_side(folder, [args.runs[0], args.pick], args.title, args.picture)
+    if args.samples_picture:
+        samples_side_by_side(folder, args.runs, args.title, args.samples_picture)
 
 
 if __name__ == "__main__":
