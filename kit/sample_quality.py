@@ -321,7 +321,10 @@ class LatentGMM:
         rng = np.random.default_rng(seed)
         component = rng.choice(len(self.weights), size=n, p=self.weights / self.weights.sum())
         eps = rng.standard_normal((n, self.means.shape[1]))
-        z = self.means[component] + np.einsum("nij,nj->ni", self.cholesky[component], eps)
+        z = np.empty_like(eps)
+        for k in np.unique(component):  # one matrix product per component: no (n, L, L) array
+            chosen = component == k
+            z[chosen] = self.means[k] + eps[chosen] @ self.cholesky[k].T
         return z.astype(np.float32)
 
     def save(self, path):

@@ -119,6 +119,29 @@ def test_gmm_save_load_round_trip_without_pickle(latent_codes, tmp_path):
     np.testing.assert_array_equal(loaded.sample(100, seed=7), gmm.sample(100, seed=7))
 
 
+def test_each_gmm_sample_is_its_components_mean_plus_cholesky_times_noise():
+    covariances = np.array([[[4.0, 0.0], [0.0, 1.0]], [[1.0, 0.5], [0.5, 1.0]]])
+    gmm = sq.LatentGMM([0.3, 0.7], np.array([[10.0, 0.0], [-5.0, 2.0]]), covariances)
+    z = gmm.sample(50, seed=3)
+    rng = np.random.default_rng(3)  # the same draws, in the order sample() makes them
+    component = rng.choice(2, size=50, p=[0.3, 0.7])
+    eps = rng.standard_normal((50, 2))
+    cholesky = [np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 0.0], [0.5, np.sqrt(0.75)]])]
+    expected = [gmm.means[c] + cholesky[c] @ e for c, e in zip(component, eps)]
+    np.testing.assert_allclose(z, np.array(expected), rtol=1e-6, atol=1e-6)
+    assert z.dtype == np.float32 and 0 < (component == 0).sum() < 50
+
+
+def test_gmm_sampling_memory_does_not_grow_with_n_times_latent_squared():
+    import resource
+    latent = 256  # the CIFAR default's latent: an (n, L, L) array of 10,000 samples is 5.2 GB
+    gmm = sq.LatentGMM(np.full(10, 0.1), np.zeros((10, latent)), np.tile(np.eye(latent), (10, 1, 1)))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gmm.sample(10_000)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 500, f"sampling raised the peak memory by {grown_mb:.0f} MB"
+
+
 def test_gmm_refuses_an_inconsistent_mixture():
     with pytest.raises(ValueError, match="sum to 1"):
         sq.LatentGMM([0.5, 0.6], np.zeros((2, 1)), np.ones((2, 1, 1)))
