@@ -250,12 +250,14 @@ def discretized_logistic_log_prob(levels, mean, log_scale):
 @tf.function(reduce_retracing=True)  # a graph: ~4x faster than 255 eager passes
 def discretized_logistic_mean(mean, log_scale):
     """Exact E[k/255] of the discretized logistic: sum over k = 1..255 of P(K >= k) / 255, where
-    P(K >= k) = sigmoid((mean - (k - 1/2)/255) / s). One pass per level, so memory stays small."""
+    P(K >= k) = sigmoid((mean - (k - 1/2)/255) / s). A graph loop over the levels (tf.range: one
+    level after another, not 255 unrolled ops run at once), so memory stays at a few batches."""
     mean = ops.cast(mean, "float32")
     inv_scale = ops.exp(-ops.maximum(ops.cast(log_scale, "float32"), LOGISTIC_MIN_LOG_SCALE))
     total = ops.zeros_like(mean)
-    for k in range(1, PIXEL_LEVELS):
-        total = total + ops.sigmoid((mean - (k - 0.5) / (PIXEL_LEVELS - 1)) * inv_scale)
+    for k in tf.range(1, PIXEL_LEVELS):
+        threshold = (ops.cast(k, "float32") - 0.5) / (PIXEL_LEVELS - 1)
+        total = total + ops.sigmoid((mean - threshold) * inv_scale)
     return total / (PIXEL_LEVELS - 1)
 
 
