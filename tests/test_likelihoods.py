@@ -73,6 +73,18 @@ def test_discretized_logistic_mean_is_the_expectation_over_the_levels():
         assert value == pytest.approx(float(probs @ (np.arange(256) / 255.0)), abs=1e-5)
 
 
+def test_discretized_logistic_mean_memory_stays_near_its_input_size():
+    import resource
+    rng = np.random.default_rng(0)
+    mean = rng.uniform(0, 1, (200, 32, 32, 3, 5)).astype(np.float32)  # 12 MB: a mixture's decode
+    log_scale = rng.uniform(-4, 0, mean.shape).astype(np.float32)
+    discretized_logistic_mean(mean[:2], log_scale[:2])  # trace the graph first
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    discretized_logistic_mean(mean, log_scale)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 250, f"the mean of 12 MB of parameters raised the peak memory by {grown_mb:.0f} MB"
+
+
 # --- mixture ---------------------------------------------------------------------------------------
 
 @tf.function(reduce_retracing=True)
