@@ -30,14 +30,16 @@ def atomic_path(path):
             tmp.unlink()
 
 
-def remove_leftover_temporaries(folder):
-    """Delete temporary files that a killed process (kill -9, power loss) left under `folder`.
+def remove_leftover_temporaries(folder, subfolders=("checkpoint",)):
+    """Delete temporary files that a killed process (kill -9, power loss) left in a run folder
+    and its `subfolders` (where the kit writes; nothing deeper is searched).
 
     Only safe while holding the folder's lock: then no other process is writing them.
     """
-    for path in Path(folder).rglob(".*"):
-        if path.is_file() and TEMPORARY_NAME.match(path.name):
-            path.unlink(missing_ok=True)
+    for directory in [Path(folder)] + [Path(folder) / name for name in subfolders]:
+        for path in directory.glob(".*"):
+            if path.is_file() and TEMPORARY_NAME.match(path.name):
+                path.unlink(missing_ok=True)
 
 
 def write_error_message(err, path):

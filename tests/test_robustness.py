@@ -182,8 +182,9 @@ def test_leftover_temporaries_are_removed_and_nothing_else(tmp_path):
     (tmp_path / "checkpoint").mkdir()
     leftovers = [tmp_path / ".loss_curves.tmp4242.png", tmp_path / "checkpoint" / ".epoch_0003.tmp17.keras",
                  tmp_path / ".history.tmp9.csv"]
+    (tmp_path / "data").mkdir()  # not a folder the kit writes to: left alone
     kept = [tmp_path / "loss_curves.png", tmp_path / ".hidden", tmp_path / ".notes.tmpfile.txt",
-            tmp_path / "checkpoint" / "epoch_0002.keras"]
+            tmp_path / "checkpoint" / "epoch_0002.keras", tmp_path / "data" / ".own.tmp1.png"]
     for path in leftovers + kept:
         path.write_text("x")
     remove_leftover_temporaries(tmp_path)
