@@ -197,9 +197,20 @@ def gaussian_nll(x, outputs, log_sigma):
 
 def gaussian_optimal_log_sigma(x, outputs):
     """log of the sigma that minimises the batch's Gaussian NLL: sigma^2 = MSE per sub-pixel (sigma-VAE,
-    Sec. 3.2), floored at GAUSSIAN_MIN_LOG_SIGMA."""
-    mse = ops.mean(ops.square(ops.cast(x, "float32") - gaussian_mean(outputs)))
+    Sec. 3.2), floored at GAUSSIAN_MIN_LOG_SIGMA. Under tf.distribute the batch is the global one:
+    squared errors and counts are summed over replicas, so N replicas get one device's sigma."""
+    squared = ops.square(ops.cast(x, "float32") - gaussian_mean(outputs))
+    count = sum_over_replicas(ops.cast(ops.size(squared), "float32"))
+    mse = sum_over_replicas(ops.sum(squared)) / ops.maximum(count, 1.0)
     return 0.5 * ops.log(ops.maximum(mse, math.exp(2.0 * GAUSSIAN_MIN_LOG_SIGMA)))
+
+
+def sum_over_replicas(value):
+    """value summed over the replicas of a tf.distribute step (all-reduce); itself on one device."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
 def soft_clip_below(value, minimum):
@@ -251,11 +262,14 @@ def discretized_logistic_log_prob(levels, mean, log_scale):
 def discretized_logistic_mean(mean, log_scale):
     """Exact E[k/255] of the discretized logistic: sum over k = 1..255 of P(K >= k) / 255, where
     P(K >= k) = sigmoid((mean - (k - 1/2)/255) / s). A graph loop over the levels (tf.range: one
-    level after another, not 255 unrolled ops run at once), so memory stays at a few batches."""
+    level after another, not 255 unrolled ops run at once), so memory stays at a few inputs' size."""
     mean = ops.cast(mean, "float32")
     inv_scale = ops.exp(-ops.maximum(ops.cast(log_scale, "float32"), LOGISTIC_MIN_LOG_SCALE))
     total = ops.zeros_like(mean)
     for k in tf.range(1, PIXEL_LEVELS):
+        # One level at a time: the while loop's default runs 10 at once, each with temporaries of
+        # the input's size, so memory would depend on how many threads the machine has.
+        tf.autograph.experimental.set_loop_options(parallel_iterations=1)
         threshold = (ops.cast(k, "float32") - 0.5) / (PIXEL_LEVELS - 1)
         total = total + ops.sigmoid((mean - threshold) * inv_scale)
     return total / (PIXEL_LEVELS - 1)
@@ -407,6 +421,14 @@ def log_normal(z, mean, log_var):
     return -0.5 * ops.sum(LOG_2PI + log_var + ops.square(z - mean) * ops.exp(-log_var), axis=-1)
 
 
+def global_batch_mean(per_image):
+    """This replica's share of the mean over the *global* batch: its sum over all replicas' image
+    count. Replicas' gradients are summed, so N replicas step as one device on the same batch, even
+    when the batch does not split evenly (tf.nn.compute_average_loss assumes it does)."""
+    images = sum_over_replicas(ops.cast(ops.shape(per_image)[0], "float32"))
+    return ops.sum(per_image) / ops.maximum(images, 1.0)
+
+
 # ---------------------------------------------------------------------------------------------
 
 @keras.saving.register_keras_serializable(package="vae_kit")
@@ -488,22 +510,19 @@ class VAE(keras.Model):
         return self.reconstruction_nll(x, logits, training), gaussian_kl(z_mean, z_log_var)
 
     def _update_trackers(self, reconstruction, kl):
-        batch = ops.cast(ops.shape(reconstruction)[0], "float32")
-        rec_mean, kl_mean = ops.mean(reconstruction), ops.mean(kl)
-        # Weighted by batch size so an epoch's value is the exact mean over its images.
-        values = {"loss": rec_mean + self.beta * kl_mean,
-                  "reconstruction_loss": rec_mean, "kl_loss": kl_mean}
+        # One value per image: an epoch's value is the exact mean over its images, also when a
+        # replica's share of the last batch is empty (its sum and count are then 0, not NaN).
+        values = {"loss": reconstruction + self.beta * kl,
+                  "reconstruction_loss": reconstruction, "kl_loss": kl}
         for name, value in values.items():
-            self.trackers[name].update_state(value, sample_weight=batch)
+            self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def train_step(self, data):
         x = data[0] if isinstance(data, tuple) else data
         with tf.GradientTape() as tape:
             reconstruction, kl = self.per_image_losses(x, training=True)
-            # Divides by the *global* batch under tf.distribute, so replicas' summed
-            # gradients equal single-device training on the same global batch.
-            loss = tf.nn.compute_average_loss(reconstruction + self.beta * kl)
+            loss = global_batch_mean(reconstruction + self.beta * kl)
             scaled_loss = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16
         gradients = tape.gradient(scaled_loss, self.trainable_weights)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))

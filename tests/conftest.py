@@ -88,3 +88,18 @@ def png_size(path):
     raw = Path(path).read_bytes()[:24]
     assert raw[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     return struct.unpack(">II", raw[16:24])
+
+
+def peak_memory_growth_mb(setup, measured, timeout=240):
+    """How far `measured` (Python source) raises the peak RSS of a fresh process after `setup`, in MB.
+
+    A fresh process, because the peak RSS is a process's lifetime high: in a pytest worker an
+    earlier test's peak would hide the growth (tracemalloc cannot see TensorFlow's allocator)."""
+    code = "\n".join(["import resource, sys", f"sys.path.insert(0, {str(ROOT)!r})", setup,
+                      "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss", measured,
+                      "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)"])
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=timeout, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return float(result.stdout.split()[-1])

@@ -84,7 +84,7 @@ def test_a_live_holder_in_another_process_is_named_by_pid(tmp_path, fail_if_bloc
         assert str(err.value) == f"another run (pid {child.pid}) is using {tmp_path}"
     finally:
         child.stdin.close()
-        child.wait(timeout=30)
+        child.wait(timeout=120)
     with outdir_lock(tmp_path):  # the holder exited normally: the folder is free
         pass
 
@@ -92,7 +92,7 @@ def test_a_live_holder_in_another_process_is_named_by_pid(tmp_path, fail_if_bloc
 def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path, fail_if_blocked):
     child = start_holder(tmp_path)
     child.send_signal(signal.SIGKILL)
-    assert child.wait(timeout=30) == -signal.SIGKILL
+    assert child.wait(timeout=120) == -signal.SIGKILL
     child.stdin.close()
     assert (tmp_path / ".lock").read_text() == f"{child.pid}\n"  # the file stays behind...
     with outdir_lock(tmp_path) as path:  # ...but the flock died with its process

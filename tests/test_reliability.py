@@ -151,7 +151,7 @@ def test_resume_with_the_same_options_and_more_epochs_trains_on(trained_run, fas
 
 # --- 2. one run per output folder ---------------------------------------------------------------
 
-def wait_for_lock_pid(path, process, timeout=120):
+def wait_for_lock_pid(path, process, timeout=240):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.is_file() and path.read_text().strip() == str(process.pid):
@@ -177,7 +177,7 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_dead_lock_never_blocks
         assert first.poll() is None  # the refused run did not disturb the first one
     finally:
         first.kill()  # SIGKILL: the first run's lock file keeps its pid, no handler runs
-        first.communicate(timeout=60)
+        first.communicate(timeout=240)
     assert first.returncode == -signal.SIGKILL
     assert (outdir / LOCK).read_text().strip() == str(first.pid)  # a stale lock file is left
     third = train_tiny(fashion_dir, outdir)
@@ -200,7 +200,7 @@ def test_a_model_too_big_for_memory_is_refused_before_anything_is_made(tmp_path,
     if int(needed) <= physical_memory_bytes() / 2:
         pytest.skip(f"this machine has memory for the {int(needed) / 1e9:.0f} GB model")
     outdir = tmp_path / "big"
-    result = run_script(FASHION, "--outdir", outdir, "--epochs", 1, *option, timeout=60)
+    result = run_script(FASHION, "--outdir", outdir, "--epochs", 1, *option, timeout=240)
     line = assert_one_line(result, 2)
     assert "GB" in line and "memory" in line, line
     assert not outdir.exists()
@@ -357,7 +357,7 @@ def test_tensorboard_onto_a_file_is_refused_before_anything_is_written(tmp_path)
     outdir = tmp_path / "run"
     outdir.mkdir()
     (outdir / "tensorboard").write_text("not a folder")
-    result = run_script(FASHION, "--outdir", outdir, "--epochs", 1, "--tensorboard", timeout=60)
+    result = run_script(FASHION, "--outdir", outdir, "--epochs", 1, "--tensorboard", timeout=240)
     line = assert_one_line(result, 2)
     assert "--tensorboard" in line and "not a folder" in line, line
     assert sorted(p.name for p in outdir.iterdir()) == ["tensorboard"]  # no config.json, no lock
@@ -385,7 +385,7 @@ def test_eval_only_of_an_empty_file_is_refused_without_making_the_outdir(tmp_pat
     model = tmp_path / "x.keras"
     model.write_bytes(b"")
     outdir = tmp_path / "out"
-    result = run_script(FASHION, "--eval-only", model, "--outdir", outdir, timeout=60)
+    result = run_script(FASHION, "--eval-only", model, "--outdir", outdir, timeout=240)
     line = assert_one_line(result, 2)
     assert str(model) in line and "empty" in line, line
     assert not outdir.exists()
@@ -397,7 +397,7 @@ def test_eval_only_of_a_crafted_archive_is_refused_in_one_short_line(tmp_path):
     with zipfile.ZipFile(model, "w") as archive:
         archive.writestr("config.json", json.dumps({"class_name": "Nope"}))
     outdir = tmp_path / "out"
-    result = run_script(FASHION, "--eval-only", model, "--outdir", outdir, timeout=120)
+    result = run_script(FASHION, "--eval-only", model, "--outdir", outdir, timeout=240)
     line = assert_one_line(result, 2)
     assert len(line) < 400, line  # Keras' own message is cut to its first line
     assert f"cannot load {model}" in line, line
@@ -408,7 +408,7 @@ def test_eval_only_of_a_crafted_archive_is_refused_in_one_short_line(tmp_path):
 def test_eval_only_of_the_other_data_sets_model_leaves_no_outdir(trained_run, cifar_dir, tmp_path):
     outdir = tmp_path / "out"
     result = run_script("vae_cifar10.py", "--eval-only", trained_run / "model.keras", "--data-dir",
-                        cifar_dir, "--outdir", outdir, timeout=120)
+                        cifar_dir, "--outdir", outdir, timeout=240)
     line = assert_one_line(result, 2)
     assert "fashion_mnist" in line and "cifar10" in line, line
     assert not outdir.exists()

@@ -121,7 +121,7 @@ def test_a_signal_stops_at_a_safe_point_and_says_how_to_resume(fashion_dir, tmp_
     process = start_long_run(fashion_dir, tmp_path)
     wait_for_epochs(tmp_path, 1, process)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=240)
     assert process.returncode == code, stderr[-3000:]
     assert "Resume with:" in stderr and "--resume" in stderr and "Traceback" not in stderr
     state = assert_consistent_checkpoint(tmp_path)
@@ -134,7 +134,7 @@ def test_kill_9_loses_at_most_the_running_epoch(fashion_dir, tmp_path):
     process = start_long_run(fashion_dir, tmp_path)
     wait_for_epochs(tmp_path, 2, process)
     process.kill()  # SIGKILL: no handler runs
-    process.communicate(timeout=30)
+    process.communicate(timeout=240)
     # kill -9 may land inside a write: its temporary file stays, but every committed file is whole.
     state = assert_consistent_checkpoint(tmp_path, temporaries_allowed=True)
     assert state["epoch"] >= 2

@@ -124,7 +124,7 @@ def test_cifar_script_writes_every_output(cifar_dir, tmp_path):
 ])
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, message):
     outdir = tmp_path / "out"
-    result = run_script("vae_fashion_mnist.py", *args, "--outdir", outdir, timeout=60,
+    result = run_script("vae_fashion_mnist.py", *args, "--outdir", outdir, timeout=240,
                         env={"TF_CONFIG": ""})
     assert result.returncode == 2
     assert message in result.stderr
@@ -135,7 +135,7 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, me
 def test_an_unwritable_outdir_fails_before_loading_data(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = run_script("vae_cifar10.py", "--outdir", blocker / "sub", "--data-dir", tmp_path, timeout=60)
+    result = run_script("vae_cifar10.py", "--outdir", blocker / "sub", "--data-dir", tmp_path, timeout=240)
     assert result.returncode == 2 and "cannot be written" in result.stderr
     assert "CIFAR" not in result.stderr  # failed before looking for data
 
