@@ -52,7 +52,7 @@ def main(argv=None):
 
     with run.resume_hint_on_stop(config, history):
         model.fit(run.train_batches(config, splits.x_train, first_epoch=len(history)),
-                  validation_data=run.test_batches(splits.x_test), epochs=config.epochs,
+                  validation_data=run.validation_batches(splits), epochs=config.epochs,
                   initial_epoch=len(history), steps_per_epoch=steps_per_epoch, shuffle=False,
                   callbacks=run.training_callbacks(config, FASHION_MNIST, splits, history))
     if not run.is_chief():

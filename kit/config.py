@@ -31,7 +31,8 @@ KERAS_IO_PRESET = dict(latent_dim=2, epochs=30, batch_size=128, beta=1.0, lr=1e-
                        decoder_filters=[64, 32], decoder_dense=[])
 
 # Options that are the same for every data set (the data sets' tables hold the rest).
-RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, iw_samples=100, iwae_images=1000,
+RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, validation_images=5000, iw_samples=100,
+                    iwae_images=1000,
                     fd_images=10_000, gmm_components=10, refresh_feature_net=False, eval_only=None, resume=False, tensorboard=False, distribute="none",
                     mixed_precision=False, jit_compile=False,  # XLA is slower on CPU: docs/BENCHMARKS.md
                     steps_per_execution=1)
@@ -84,6 +85,7 @@ class Config:
     outdir: str
     data_dir: Optional[str]
     limit: Optional[int]
+    validation_images: int
     iw_samples: int
     iwae_images: int
     fd_images: int
@@ -162,7 +164,11 @@ def build_parser(spec):
     p.add_argument("--seed", type=int, help="seeds Python, NumPy and Keras (default 0)")
     p.add_argument("--outdir", help=f"where outputs go (default {spec.default_outdir})")
     p.add_argument("--data-dir", help="folder with the official data files (no fallback)")
-    p.add_argument("--limit", type=int, metavar="N", help="train on the first N training images")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="train on the first N training images (after the validation images are held out)")
+    p.add_argument("--validation-images", type=int, metavar="N",
+                   help="training images held out to validate each epoch, chosen by --seed; 0 = none "
+                        "(default 5000). The test split is evaluated once, at the end")
     p.add_argument("--iw-samples", type=int, metavar="K", help="IWAE samples per image, 0 = off (default 100)")
     p.add_argument("--iwae-images", type=int, metavar="N", help="test images for IWAE (default 1000)")
     p.add_argument("--fd-images", type=int, metavar="N",
@@ -265,7 +271,7 @@ def value_problem(v, spec):
         return f"--lr must be a finite number > 0, got {v['lr']}"
     if v["gmm_components"] <= 0:
         return f"--gmm-components must be > 0, got {v['gmm_components']}"
-    for name in ("iw_samples", "kl_warmup", "fd_images"):
+    for name in ("iw_samples", "kl_warmup", "fd_images", "validation_images"):
         if v[name] < 0:
             return f"{option(name)} must be >= 0, got {v[name]}"
     for name, choices in (("likelihood", LIKELIHOODS), ("gaussian_sigma", GAUSSIAN_SIGMA_MODES),

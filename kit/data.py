@@ -10,7 +10,7 @@ import os
 import pickle
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -62,7 +62,8 @@ IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x00000803 and 0x00000801
 
 @dataclass
 class Splits:
-    """Train and test splits: float32 images in [0, 1] shaped (N, H, W, C), int64 labels."""
+    """Train, validation and test splits: float32 images in [0, 1] shaped (N, H, W, C), int64
+    labels. The loaders return no validation images; hold_out() takes them from the training split."""
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
@@ -72,14 +73,29 @@ class Splits:
     warnings: list = field(default_factory=list)
     sha256: dict = field(default_factory=dict)
 
-    full: Optional["Splits"] = None  # before limit(): the feature network trains on all of it
+    full: Optional["Splits"] = None  # as loaded: the feature network trains on all of it
+    x_val: Optional[np.ndarray] = None
+    y_val: Optional[np.ndarray] = None
+    validation_indices: Optional[np.ndarray] = None  # rows of the loaded training split
+
+    def hold_out(self, n, seed):
+        """n training images chosen at random by `seed` become the validation split; the rest stay
+        training images in their order (n = 0: no validation split)."""
+        if n > len(self.x_train):
+            raise DataError(f"--validation-images {n}: the training split has only "
+                            f"{len(self.x_train)} images")
+        held = np.sort(np.random.default_rng(seed).permutation(len(self.x_train))[:n])
+        keep = np.setdiff1d(np.arange(len(self.x_train)), held)
+        return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep],
+                       x_val=self.x_train[held], y_val=self.y_train[held],
+                       validation_indices=held, full=self.full or self)
 
     def limit(self, n):
         """The same splits with only the first n training images (None keeps all)."""
         if n is None or n >= len(self.x_train):
             return self
-        return Splits(self.x_train[:n], self.y_train[:n], self.x_test, self.y_test, self.source,
-                      self.class_names, self.warnings, self.sha256, full=self)
+        return replace(self, x_train=self.x_train[:n], y_train=self.y_train[:n],
+                       full=self.full or self)
 
 
 def keras_cache_dir():

@@ -1,5 +1,6 @@
 """The steps of a run that the scripts call by name: runtime, data, resume, batches, callbacks,
 evaluation and pictures. The training loop itself (`model.fit`) stays in the scripts."""
+import hashlib
 import math
 import resource
 import sys
@@ -18,7 +19,7 @@ from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOut
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
 from kit.guards import estimate_for, free_space_warning, is_chief
 from kit import sample_quality
-from kit.evaluate import EVAL_BATCH, compute_metrics, posterior_means
+from kit.evaluate import EVAL_BATCH, compute_metrics, posterior_means, to_uint8
 from kit.pictures import format_metrics, write_loss_curves, write_pictures
 
 
@@ -55,10 +56,15 @@ def set_up_runtime(config):
 def load_data(config, spec):
     """The data set's splits (--limit applied); prints where they came from and any warnings, and
     refuses at once a cached feature network made from other data (not after training)."""
-    splits = spec.load(config.data_dir).limit(config.limit)
+    splits = spec.load(config.data_dir)
+    if config.validation_images >= len(splits.x_train):
+        raise UsageError(f"--validation-images {config.validation_images} leaves no training images "
+                         f"(the training split has {len(splits.x_train)})")
+    splits = splits.hold_out(config.validation_images, config.seed).limit(config.limit)
     for warning in splits.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"Data: {splits.source} — {len(splits.x_train)} train / {len(splits.x_test)} test images")
+    print(f"Data: {splits.source} — {len(splits.x_train)} train / {len(splits.x_val)} validation "
+          f"(held out of the training split) / {len(splits.x_test)} test images")
     if config.fd_images and not config.refresh_feature_net:
         sample_quality.check_feature_cache(spec.name, sample_quality.files_checksum(splits.sha256))
     return splits
@@ -77,8 +83,10 @@ def steps_per_epoch(config, splits):
 
 def train_batches(config, x, first_epoch):
     """Batches for epochs [first_epoch, epochs): a fresh permutation per epoch, keyed by
-    (seed, epoch) so a resumed run sees exactly the batches the uninterrupted one would."""
-    images = tf.constant(x)
+    (seed, epoch) so a resumed run sees exactly the batches the uninterrupted one would. The images
+    stay 8-bit in the pipeline (a quarter of float32, for every worker) and become k / 255 per batch,
+    the same float32 values as the loaders'."""
+    images = tf.constant(to_uint8(x))
     n = len(x)
 
     def epoch_batches(epoch):
@@ -88,12 +96,16 @@ def train_batches(config, x, first_epoch):
 
     ds = tf.data.Dataset.range(first_epoch, config.epochs).flat_map(epoch_batches)
     # Gathering whole batches from one tensor is far cheaper than slicing images one by one.
-    ds = ds.map(lambda idx: tf.gather(images, idx), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda idx: tf.cast(tf.gather(images, idx), tf.float32) / 255.0,
+                num_parallel_calls=tf.data.AUTOTUNE)
     return with_sharding(ds.prefetch(tf.data.AUTOTUNE))
 
 
-def test_batches(x):
-    return with_sharding(tf.data.Dataset.from_tensor_slices(x).batch(EVAL_BATCH).cache()
+def validation_batches(splits):
+    """The held-out validation images for fit's per-epoch validation (None without any)."""
+    if splits.x_val is None or not len(splits.x_val):
+        return None
+    return with_sharding(tf.data.Dataset.from_tensor_slices(splits.x_val).batch(EVAL_BATCH).cache()
                          .prefetch(tf.data.AUTOTUNE))
 
 
@@ -173,6 +185,8 @@ def start_run_folder(config, spec, splits):
                      "numpy": np.__version__, "python": sys.version.split()[0]},
         "data_source": splits.source, "data_warnings": splits.warnings,
         "data_sha256": splits.sha256, "train_images": len(splits.x_train),
+        "validation_images_held_out": len(splits.x_val),
+        "validation_indices_sha256": hashlib.sha256(splits.validation_indices.astype("<i8").tobytes()).hexdigest(),
         "test_images": len(splits.x_test)})
 
 

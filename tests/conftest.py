@@ -19,6 +19,8 @@ os.environ["VAE_KIT_CACHE"] = tempfile.mkdtemp(prefix="vae-kit-test-cache-")
 # A small model for end-to-end runs, so each takes seconds.
 TINY_MODEL = ["--encoder-filters", "8,16", "--encoder-dense", "32", "--decoder-filters", "16,8",
               "--decoder-dense", "", "--latent-dim", "2", "--batch-size", "32"]
+# The tiny data sets hold 256 training images, so the runs hold out 32, not the default 5,000.
+TEST_VALIDATION = ["--validation-images", "32"]
 
 
 def write_idx_gz(path, array, magic=None):
@@ -79,6 +81,8 @@ def cifar_dir(tmp_path_factory):
 def run_script(script, *args, timeout=240, env=None):
     """Run a dataset script from the repo root; returns the CompletedProcess (text output)."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", **(env or {})}
+    if "--validation-images" not in map(str, args):
+        args = (*TEST_VALIDATION, *args)
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 

@@ -60,6 +60,24 @@ def test_limit_keeps_the_first_training_images(tmp_path):
     np.testing.assert_array_equal(limited.x_train, splits.x_train[:7])
 
 
+def test_validation_images_are_held_out_of_the_training_split_by_seed(tmp_path):
+    splits = load_fashion_mnist(str(write_fashion_mnist(tmp_path, n_train=40, n_test=5)))
+    held = splits.hold_out(10, seed=3)
+    assert held.x_val.shape == (10, 28, 28, 1) and held.x_train.shape == (30, 28, 28, 1)
+    np.testing.assert_array_equal(held.x_val, splits.x_train[held.validation_indices])
+    np.testing.assert_array_equal(held.y_val, splits.y_train[held.validation_indices])
+    rest = np.setdiff1d(np.arange(40), held.validation_indices)
+    np.testing.assert_array_equal(held.x_train, splits.x_train[rest])  # the rest, in their order
+    np.testing.assert_array_equal(held.x_test, splits.x_test)  # the test split is untouched
+    again, other = splits.hold_out(10, seed=3), splits.hold_out(10, seed=4)
+    np.testing.assert_array_equal(again.validation_indices, held.validation_indices)
+    assert set(other.validation_indices) != set(held.validation_indices)
+    limited = held.limit(7)  # --limit counts the training images that remain
+    np.testing.assert_array_equal(limited.x_train, held.x_train[:7])
+    np.testing.assert_array_equal(limited.x_val, held.x_val)
+    assert limited.full is splits and len(splits.hold_out(0, seed=3).x_val) == 0
+
+
 def test_search_order_data_dir_then_keras_cache_then_debian(tmp_path, no_default_places, monkeypatch):
     cache = write_fashion_mnist(no_default_places / "datasets" / "fashion-mnist", n_train=3, n_test=2)
     debian = write_fashion_mnist(tmp_path / "debian", n_train=5, n_test=2)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common import build_vae
-from conftest import ROOT, TINY_MODEL, run_script
+from conftest import ROOT, TEST_VALIDATION, TINY_MODEL, run_script
 from kit.atomic_files import read_csv
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -64,7 +64,7 @@ def test_two_workers_train_together_on_localhost(fashion_dir, tmp_path):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         args = [sys.executable, str(ROOT / "vae_fashion_mnist.py"), "--distribute", "multiworker",
                 "--data-dir", str(fashion_dir), "--epochs", "2", "--limit", "128", "--iw-samples", "0",
-                "--outdir", str(tmp_path / f"worker{index}"), *TINY_MODEL]
+                "--outdir", str(tmp_path / f"worker{index}"), *TINY_MODEL, *TEST_VALIDATION]
         processes.append(subprocess.Popen(args, cwd=ROOT, env={**ENV, "TF_CONFIG": json.dumps(tf_config)},
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:

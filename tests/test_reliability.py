@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_MODEL, run_script
+from conftest import ROOT, TEST_VALIDATION, TINY_MODEL, run_script
 from kit.atomic_files import read_csv
 from kit.errors import TrainingStopped, WriteError
 
 FASHION = "vae_fashion_mnist.py"
-TINY_RUN = [*TINY_MODEL, "--iw-samples", "0", "--fd-images", "0"]  # no IWAE, no Fréchet distance
+TINY_RUN = [*TINY_MODEL, *TEST_VALIDATION, "--iw-samples", "0", "--fd-images", "0"]  # no IWAE, no Fréchet distance
 LOCK = ".lock"
 
 

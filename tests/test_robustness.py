@@ -11,12 +11,12 @@ import pytest
 
 import common  # noqa: F401  (registers the VAE classes for keras.models.load_model)
 from kit.callbacks import StopOnSignal, TrainingStopped
-from conftest import ROOT, TINY_MODEL, run_script
+from conftest import ROOT, TEST_VALIDATION, TINY_MODEL, run_script
 from kit.atomic_files import atomic_path, read_csv, remove_leftover_temporaries
 
 # Constant LR: a cosine schedule's length depends on --epochs, and these tests compare runs of
 # different --epochs (README: Interrupted runs).
-QUICK = [*TINY_MODEL, "--iw-samples", "0", "--seed", "5", "--lr-schedule", "constant"]
+QUICK = [*TINY_MODEL, *TEST_VALIDATION, "--iw-samples", "0", "--seed", "5", "--lr-schedule", "constant"]
 LOSS_COLUMNS = ["loss", "reconstruction_loss", "kl_loss", "val_loss", "val_reconstruction_loss", "val_kl_loss"]
 # The same seed and inputs give the same numbers up to float32 summation order in multithreaded
 # CPU kernels; README states this tolerance.

@@ -27,6 +27,14 @@ def fashion_run(tmp_path_factory, fashion_dir):
     return outdir, result
 
 
+def test_validation_images_that_leave_no_training_images_are_refused(fashion_dir, tmp_path):
+    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--validation-images", 256,
+                        "--outdir", tmp_path / "o", *TINY_MODEL)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--validation-images 256 leaves no training images (the training split has 256)" in result.stderr
+    assert not (tmp_path / "o" / "config.json").exists()
+
+
 def test_fashion_script_writes_every_output(fashion_run, fashion_dir):
     outdir, result = fashion_run
     for name in PICTURES + ["latent_manifold.png"]:  # latent dim 2 also draws the manifold
@@ -40,6 +48,9 @@ def test_fashion_script_writes_every_output(fashion_run, fashion_dir):
     config = json.loads((outdir / "config.json").read_text())
     assert config["epochs"] == 2 and config["limit"] == 200 and config["latent_dim"] == 2
     assert config["data_source"] == str(fashion_dir) and config["train_images"] == 200
+    assert config["validation_images"] == config["validation_images_held_out"] == 32
+    assert len(config["validation_indices_sha256"]) == 64
+    assert "200 train / 32 validation (held out of the training split) / 128 test images" in result.stdout
     assert {"tensorflow", "keras", "numpy"} <= set(config["versions"])
     metrics = json.loads((outdir / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)

@@ -1,0 +1,37 @@
+"""The input pipeline: 8-bit training batches that decode to the loaders' float32 values, and
+validation batches made of the held-out images only."""
+import numpy as np
+import tensorflow as tf
+
+from conftest import write_fashion_mnist
+from kit.config import parse_config
+from kit.data import load_fashion_mnist
+from kit.run import steps_per_epoch, train_batches, validation_batches
+from vae_fashion_mnist import FASHION_MNIST
+
+
+def test_training_batches_stay_8_bit_and_decode_to_the_loaders_values(tmp_path):
+    splits = load_fashion_mnist(str(write_fashion_mnist(tmp_path, n_train=50, n_test=5)))
+    config = parse_config(FASHION_MNIST, ["--epochs", "2", "--batch-size", "16", "--outdir", str(tmp_path / "o")])
+    ds = train_batches(config, splits.x_train, first_epoch=0)
+    batches = [b.numpy() for b in ds]
+    assert len(batches) == 2 * steps_per_epoch(config, splits) == 8
+    assert all(b.dtype == np.float32 for b in batches)
+    epoch = np.concatenate(batches[:4])
+    # Each epoch is a permutation of the training images, bit for bit the loaders' k / 255.
+    order = np.lexsort(epoch.reshape(50, -1).T)
+    np.testing.assert_array_equal(epoch[order], splits.x_train[np.lexsort(splits.x_train.reshape(50, -1).T)])
+    assert not np.array_equal(epoch, np.concatenate(batches[4:]))  # a new order each epoch
+    # The images the pipeline's graph holds (what every worker receives) are 8-bit.
+    graph = tf.compat.v1.GraphDef.FromString(ds._as_serialized_graph().numpy())
+    images = [n.attr["value"].tensor for n in graph.node
+              if n.op == "Const" and len(n.attr["value"].tensor.tensor_shape.dim) == 4]
+    assert [tf.dtypes.as_dtype(t.dtype) for t in images] == [tf.uint8]
+    assert len(images[0].tensor_content) == splits.x_train.size  # one byte per sub-pixel
+
+
+def test_validation_batches_hold_exactly_the_held_out_images(tmp_path):
+    splits = load_fashion_mnist(str(write_fashion_mnist(tmp_path, n_train=50, n_test=5))).hold_out(12, seed=1)
+    images = np.concatenate([b.numpy() for b in validation_batches(splits)])
+    np.testing.assert_array_equal(images, splits.x_val)
+    assert validation_batches(load_fashion_mnist(str(tmp_path)).hold_out(0, seed=1)) is None
