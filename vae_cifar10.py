@@ -40,7 +40,7 @@ def main(argv=None):
         return run.evaluate_saved_model(config, CIFAR10)
     splits = run.load_data(config, CIFAR10)
 
-    steps_per_epoch = run.steps_per_epoch(config, splits)
+    steps_per_epoch = run.steps_per_epoch(config, splits, strategy)
     with strategy.scope():
         if config.resume:  # weights, optimizer state and history from the checkpoint
             model, history = run.resume_from_checkpoint(config, CIFAR10)

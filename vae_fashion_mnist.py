@@ -38,7 +38,7 @@ def main(argv=None):
         return run.evaluate_saved_model(config, FASHION_MNIST)
     splits = run.load_data(config, FASHION_MNIST)
 
-    steps_per_epoch = run.steps_per_epoch(config, splits)
+    steps_per_epoch = run.steps_per_epoch(config, splits, strategy)
     with strategy.scope():
         if config.resume:  # weights, optimizer state and history from the checkpoint
             model, history = run.resume_from_checkpoint(config, FASHION_MNIST)

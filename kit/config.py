@@ -34,7 +34,8 @@ KERAS_IO_PRESET = dict(latent_dim=2, epochs=30, batch_size=128, beta=1.0, lr=1e-
 RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, validation_images=5000, iw_samples=100,
                     iwae_images=1000,
                     fd_images=10_000, gmm_components=10, refresh_feature_net=False, eval_only=None, resume=False, tensorboard=False, distribute="none",
-                    mixed_precision=False, jit_compile=False,  # XLA is slower on CPU: docs/BENCHMARKS.md
+                    mixed_precision=False, deterministic=True,
+                    jit_compile=False,  # XLA is slower on CPU: docs/BENCHMARKS.md
                     steps_per_execution=1)
 
 # What --resume may change: the rest is fixed by the checkpoint (weights, optimizer, data order).
@@ -96,6 +97,7 @@ class Config:
     tensorboard: bool
     distribute: str
     mixed_precision: bool
+    deterministic: bool
     jit_compile: bool
     steps_per_execution: int
     explicit: frozenset = frozenset()  # the options given on the command line
@@ -182,7 +184,11 @@ def build_parser(spec):
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs under outdir")
     p.add_argument("--distribute", choices=DISTRIBUTE, help="tf.distribute strategy (default none)")
     p.add_argument("--mixed-precision", action="store_true",
-                   help="float16 on GPUs, bfloat16 on CPUs; losses stay float32")
+                   help="bfloat16 where the device has it (CPUs, GPUs of compute capability 8.0+), "
+                        "else float16 with loss scaling; losses stay float32")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
+                   help="deterministic GPU kernels, so a seed gives the same numbers (default on; "
+                        "--no-deterministic may be faster on a GPU)")
     p.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, help="XLA-compile the train step")
     p.add_argument("--steps-per-execution", type=int, metavar="N", help="train steps per tf.function call")
     return p

@@ -42,13 +42,36 @@ def make_strategy(kind):
 
 
 def set_up_runtime(config):
-    """Seeds, precision policy and distribution strategy, in the order TensorFlow needs them."""
+    """Seeds, deterministic kernels, precision policy and distribution strategy, in the order
+    TensorFlow needs them; says which precision and kernels the run uses."""
     strategy = make_strategy(config.distribute)  # logical devices must precede any TF op
     keras.utils.set_random_seed(config.seed)  # Python, NumPy and Keras/TF at once
+    gpus = tf.config.list_physical_devices("GPU")
+    if config.deterministic and gpus:  # cuDNN's fastest kernels add in a varying order
+        tf.config.experimental.enable_op_determinism()
     if config.mixed_precision:
-        on_gpu = bool(tf.config.list_physical_devices("GPU"))
-        keras.mixed_precision.set_dtype_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
+        capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability")
+                        for g in gpus]
+        keras.mixed_precision.set_dtype_policy(mixed_precision_policy(capabilities))
+    kernels = ("deterministic" if config.deterministic and gpus else
+               "fastest (--no-deterministic)" if gpus else "CPU")
+    print(f"Runtime: {keras.config.dtype_policy().name} precision, {kernels} kernels, "
+          f"{strategy.num_replicas_in_sync} replica(s)")
     return strategy
+
+
+def mixed_precision_policy(gpu_capabilities):
+    """mixed_bfloat16 on CPUs and on GPUs that compute in bfloat16 (compute capability 8.0+, Ampere
+    on); mixed_float16, whose loss scaling Keras adds, on older GPUs."""
+    if any(c is None or tuple(c) < (8, 0) for c in gpu_capabilities):
+        return "mixed_float16"
+    return "mixed_bfloat16"
+
+
+def describe_runtime(config):
+    """{"precision": dtype policy, "deterministic_ops": bool}, as config.json records them."""
+    return {"precision": keras.config.dtype_policy().name,
+            "deterministic_ops": bool(config.deterministic and tf.config.list_physical_devices("GPU"))}
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -77,8 +100,18 @@ def data_title(spec, splits):
     return spec.title + (" (JPEG copy)" if "jpeg" in splits.source.lower() else " (modified copy)")
 
 
-def steps_per_epoch(config, splits):
-    return math.ceil(len(splits.x_train) / config.batch_size)
+def steps_per_epoch(config, splits, strategy):
+    """Batches per epoch, after checking that every batch splits over the strategy's replicas:
+    Keras builds the model from the first batch's replica shares, which must be equal, and an empty
+    share of the last batch breaks TensorFlow's CPU convolutions."""
+    n, batch, replicas = len(splits.x_train), config.batch_size, strategy.num_replicas_in_sync
+    if replicas > 1 and min(batch, n) % replicas:
+        raise UsageError(f"--batch-size {batch} ({n} training images) does not split evenly over "
+                         f"{replicas} replicas; use a multiple of {replicas}")
+    if replicas > 1 and 0 < n % batch < replicas:
+        raise UsageError(f"the last batch of each epoch would hold {n % batch} image(s), fewer than the "
+                         f"{replicas} replicas; change --batch-size or --limit")
+    return math.ceil(n / batch)
 
 
 def train_batches(config, x, first_epoch):
@@ -181,6 +214,7 @@ def start_run_folder(config, spec, splits):
         print(f"warning: {warning}", file=sys.stderr)
     write_json(outdir / "config.json", {
         **config.to_dict(),
+        "runtime": describe_runtime(config),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                      "numpy": np.__version__, "python": sys.version.split()[0]},
         "data_source": splits.source, "data_warnings": splits.warnings,
@@ -204,7 +238,7 @@ def training_callbacks(config, spec, splits, history):
                  EpochCheckpoint(outdir, history, draw, is_chief=is_chief())]
     if config.kl_warmup:
         callbacks.insert(0, KLWarmup(config.beta, config.kl_warmup))
-    if config.tensorboard:
+    if config.tensorboard and is_chief():  # one log, not one per worker
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(outdir / "tensorboard")))
     if config.distribute == "multiworker":
         callbacks.append(RankOneStepOutputs())

@@ -106,6 +106,9 @@ def test_mixed_precision_runs_end_to_end(fashion_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert np.isfinite(metrics["test_neg_elbo"]) and np.isfinite(metrics["test_iwae_nll"])
+    config = json.loads((tmp_path / "config.json").read_text())  # a CPU computes in bfloat16
+    assert config["runtime"] == {"precision": "mixed_bfloat16", "deterministic_ops": False}
+    assert "Runtime: mixed_bfloat16 precision, CPU kernels, 1 replica(s)" in result.stdout
 
 
 @pytest.mark.slow
@@ -114,3 +117,50 @@ def test_mirrored_strategy_runs_the_script(fashion_dir, tmp_path):
                         "--epochs", 1, "--limit", 128, "--iw-samples", 0, "--outdir", tmp_path, *TINY_MODEL)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(read_csv(tmp_path / "history.csv")) == 1
+    assert "Runtime: float32 precision, CPU kernels, 2 replica(s)" in result.stdout
+
+
+@pytest.mark.slow
+def test_batches_that_cannot_split_over_the_replicas_are_refused(fashion_dir, tmp_path):
+    odd = run_script("vae_fashion_mnist.py", "--distribute", "mirrored", "--data-dir", fashion_dir,
+                     "--outdir", tmp_path / "a", *TINY_MODEL, "--batch-size", 33)
+    assert odd.returncode == 2 and "Traceback" not in odd.stderr
+    assert "--batch-size 33 (224 training images) does not split evenly over 2 replicas" in odd.stderr
+    # 129 images in batches of 32: the last batch of 1 would leave a replica without images.
+    short = run_script("vae_fashion_mnist.py", "--distribute", "mirrored", "--data-dir", fashion_dir,
+                       "--outdir", tmp_path / "b", "--limit", 129, *TINY_MODEL)
+    assert short.returncode == 2 and "last batch of each epoch would hold 1 image(s)" in short.stderr
+
+
+def test_mixed_precision_picks_bfloat16_where_the_device_has_it():
+    from kit.run import mixed_precision_policy
+    assert mixed_precision_policy([]) == "mixed_bfloat16"  # CPU
+    assert mixed_precision_policy([(8, 0), (9, 0)]) == "mixed_bfloat16"  # A100, H100
+    assert mixed_precision_policy([(7, 0)]) == "mixed_float16"  # V100: float16 with loss scaling
+    assert mixed_precision_policy([(9, 0), (7, 5)]) == "mixed_float16"  # the weakest GPU decides
+    assert mixed_precision_policy([None]) == "mixed_float16"  # unknown capability
+
+
+DETERMINISM_PROBE = """
+import sys
+import tensorflow as tf
+real = tf.config.list_physical_devices
+tf.config.list_physical_devices = lambda kind=None: ["a GPU"] if kind == "GPU" else real(kind)
+from kit.config import parse_config
+from kit import run
+from vae_fashion_mnist import FASHION_MNIST
+run.make_strategy = lambda kind: tf.distribute.get_strategy()
+run.set_up_runtime(parse_config(FASHION_MNIST, sys.argv[1:]))
+from tensorflow.python.framework import config  # the public API can set it, not read it
+print(config.is_op_determinism_enabled())
+"""
+
+
+@pytest.mark.parametrize("option, expected", [([], "True"), (["--no-deterministic"], "False")])
+def test_deterministic_kernels_are_on_by_default_where_a_gpu_is_used(option, expected, tmp_path):
+    result = subprocess.run([sys.executable, "-c", DETERMINISM_PROBE, "--outdir", str(tmp_path), *option],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == expected
+    kernels = "deterministic" if expected == "True" else "fastest (--no-deterministic)"
+    assert f"Runtime: float32 precision, {kernels} kernels" in result.stdout

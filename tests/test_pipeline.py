@@ -15,7 +15,7 @@ def test_training_batches_stay_8_bit_and_decode_to_the_loaders_values(tmp_path):
     config = parse_config(FASHION_MNIST, ["--epochs", "2", "--batch-size", "16", "--outdir", str(tmp_path / "o")])
     ds = train_batches(config, splits.x_train, first_epoch=0)
     batches = [b.numpy() for b in ds]
-    assert len(batches) == 2 * steps_per_epoch(config, splits) == 8
+    assert len(batches) == 2 * steps_per_epoch(config, splits, tf.distribute.get_strategy()) == 8
     assert all(b.dtype == np.float32 for b in batches)
     epoch = np.concatenate(batches[:4])
     # Each epoch is a permutation of the training images, bit for bit the loaders' k / 255.
@@ -35,3 +35,16 @@ def test_validation_batches_hold_exactly_the_held_out_images(tmp_path):
     images = np.concatenate([b.numpy() for b in validation_batches(splits)])
     np.testing.assert_array_equal(images, splits.x_val)
     assert validation_batches(load_fashion_mnist(str(tmp_path)).hold_out(0, seed=1)) is None
+
+
+def test_only_the_chief_writes_tensorboard_logs(tmp_path, monkeypatch):
+    import keras
+    from kit import run
+    splits = load_fashion_mnist(str(write_fashion_mnist(tmp_path, n_train=50, n_test=5)))
+    config = parse_config(FASHION_MNIST, ["--tensorboard", "--outdir", str(tmp_path / "o")])
+    kinds = {}
+    for chief in (True, False):
+        monkeypatch.setattr(run, "is_chief", lambda: chief)
+        kinds[chief] = [type(c) for c in run.training_callbacks(config, FASHION_MNIST, splits, [])]
+    assert keras.callbacks.TensorBoard in kinds[True]
+    assert keras.callbacks.TensorBoard not in kinds[False] and len(kinds[False]) == len(kinds[True]) - 1
