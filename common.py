@@ -10,10 +10,9 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "discretized-logistic",
-               "discretized-logistic-mixture")
-GAUSSIAN_SIGMA_MODES = ("optimal", "learned")
-ARCHITECTURES = ("plain", "resnet")
+from kit.model_options import (ARCHITECTURES, GAUSSIAN_SIGMA_MODES, LIKELIHOODS,  # noqa: F401
+                               check_components, decoder_output_channels, mixture_channels_per_component)
+
 LOG_2PI = math.log(2.0 * math.pi)
 # |logit| below which the continuous-Bernoulli formulas switch to their Taylor series.
 CB_TAYLOR_CUTOFF = 0.05
@@ -344,25 +343,7 @@ def discretized_logistic_mixture_mean(outputs, channels, components):
     return ops.sum(ops.softmax(logits, axis=-1)[..., None, :] * per_component, axis=-1)
 
 
-# --- which likelihood: output channels, NLL, mean image ---------------------------------------------
-def decoder_output_channels(likelihood, image_channels, mixture_components=5):
-    """Channels of the decoder's last layer: C (bernoulli, continuous-bernoulli, gaussian mean), 2C
-    (discretized-logistic mean, log-scale), K*(1 + 3C) for the RGB mixture, K*(1 + 2C) otherwise."""
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, not {likelihood!r}")
-    if likelihood == "discretized-logistic":
-        return 2 * image_channels
-    if likelihood == "discretized-logistic-mixture":
-        _check_components(mixture_components)
-        return mixture_components * (1 + (3 if image_channels == 3 else 2) * image_channels)
-    return image_channels
-
-
-def _check_components(components):
-    if isinstance(components, bool) or int(components) != components or components < 1:
-        raise ValueError(f"mixture_components must be an integer >= 1, not {components!r}")
-
-
+# --- which likelihood: NLL, mean image (output channels: kit.model_options) -------------------------
 def reconstruction_nll(x, logits, likelihood="bernoulli", log_sigma=None, mixture_components=None):
     """-log p(x|z) per image (nats, float32) for decoder outputs `logits` under `likelihood`.
 
@@ -386,7 +367,7 @@ def reconstruction_nll(x, logits, likelihood="bernoulli", log_sigma=None, mixtur
 
 
 def _implied_components(output_channels, image_channels):
-    per_component = 1 + (3 if image_channels == 3 else 2) * image_channels
+    per_component = mixture_channels_per_component(image_channels)
     if output_channels % per_component:
         raise ValueError(f"{output_channels} decoder channels are not K x {per_component}")
     return output_channels // per_component
@@ -442,7 +423,7 @@ class VAE(keras.Model):
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, not {likelihood!r}")
         if gaussian_sigma not in GAUSSIAN_SIGMA_MODES:
             raise ValueError(f"gaussian_sigma must be one of {GAUSSIAN_SIGMA_MODES}, not {gaussian_sigma!r}")
-        _check_components(mixture_components)
+        check_components(mixture_components)
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihood

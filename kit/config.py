@@ -15,11 +15,8 @@ from typing import Callable, Optional
 
 from kit.errors import DamagedRunError, UsageError
 from kit.guards import estimate_for, is_int, memory_problem, read_json_object
+from kit.model_options import ARCHITECTURES, GAUSSIAN_SIGMA_MODES, LIKELIHOODS
 
-LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "discretized-logistic",
-               "discretized-logistic-mixture")  # the same as common.LIKELIHOODS (a test checks)
-GAUSSIAN_SIGMA_MODES = ("optimal", "learned")  # the same as common.GAUSSIAN_SIGMA_MODES
-ARCHITECTURES = ("plain", "resnet")  # the same as common.ARCHITECTURES
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "cosine")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kit.atomic_files import remove_leftover_temporaries
 from kit.errors import DamagedRunError, LockedError
+from kit.model_options import decoder_output_channels
 
 LOCK_NAME = ".lock"
 BYTES_PER_VALUE = 4        # float32 weights, moments, gradients and activations
@@ -202,14 +203,11 @@ def estimate_memory_bytes(image_shape, latent_dim, encoder_filters, encoder_dens
 def estimate_for(config, image_shape):
     """estimate_memory_bytes for a kit.config.Config's model and batch size (a resnet's blocks
     counted as that many more activations per resolution)."""
-    channels = image_shape[-1]
-    outputs = {"discretized-logistic": 2 * channels,  # common.decoder_output_channels
-               "discretized-logistic-mixture":
-                   config.mixture_components * (1 + (3 if channels == 3 else 2) * channels)}
     estimate = estimate_memory_bytes(image_shape, config.latent_dim, config.encoder_filters,
                                      config.encoder_dense, config.decoder_filters,
                                      config.decoder_dense, config.batch_size,
-                                     outputs.get(config.likelihood, channels))
+                                     decoder_output_channels(config.likelihood, image_shape[-1],
+                                                             config.mixture_components))
     if config.arch == "resnet":  # each block: two convolutions and two norms of the same size
         estimate = replace(estimate, total_bytes=estimate.total_bytes * (1 + 4 * config.blocks_per_resolution))
     return estimate

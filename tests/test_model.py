@@ -89,10 +89,12 @@ def test_keras_io_architecture_has_the_examples_parameter_counts():
     assert decoder.output_shape == (None, 28, 28, 1)
 
 
-def test_cli_likelihood_choices_match_the_model():
-    assert config.LIKELIHOODS == LIKELIHOODS
-    assert config.GAUSSIAN_SIGMA_MODES == common.GAUSSIAN_SIGMA_MODES
-    assert config.ARCHITECTURES == common.ARCHITECTURES
+def test_output_channels_per_likelihood():
+    from kit.model_options import decoder_output_channels
+    assert [decoder_output_channels(name, 3, 5) for name in LIKELIHOODS] == [3, 3, 3, 6, 5 * (1 + 9)]
+    assert decoder_output_channels("discretized-logistic-mixture", 1, 4) == 4 * 3  # logit, mean, scale
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        decoder_output_channels("poisson", 1)
 
 
 def small_data(n=512, seed=0):
