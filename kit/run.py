@@ -21,6 +21,7 @@ from kit.guards import estimate_for, free_space_warning, is_chief
 from kit import sample_quality
 from kit.evaluate import EVAL_BATCH, compute_metrics, posterior_means, to_uint8
 from kit.pictures import format_metrics, write_loss_curves, write_pictures
+from kit.pipeline import shuffled_batches
 
 
 GMM_FIT_IMAGES = 20_000  # posterior means the latent GMM is fitted to: enough for 10 components
@@ -119,18 +120,8 @@ def train_batches(config, x, first_epoch):
     (seed, epoch) so a resumed run sees exactly the batches the uninterrupted one would. The images
     stay 8-bit in the pipeline (a quarter of float32, for every worker) and become k / 255 per batch,
     the same float32 values as the loaders'."""
-    images = tf.constant(to_uint8(x))
-    n = len(x)
-
-    def epoch_batches(epoch):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.cast(config.seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(order).batch(config.batch_size)
-
-    ds = tf.data.Dataset.range(first_epoch, config.epochs).flat_map(epoch_batches)
-    # Gathering whole batches from one tensor is far cheaper than slicing images one by one.
-    ds = ds.map(lambda idx: tf.cast(tf.gather(images, idx), tf.float32) / 255.0,
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = shuffled_batches((to_uint8(x),), config.batch_size, config.seed, first_epoch, config.epochs)
+    ds = ds.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
     return with_sharding(ds.prefetch(tf.data.AUTOTUNE))
 
 

@@ -24,6 +24,7 @@ from sklearn.mixture import GaussianMixture
 
 from kit.atomic_files import atomic_path, write_json
 from kit.errors import UsageError
+from kit.pipeline import shuffled_batches
 
 FEATURE_NET_VERSION = 1  # bump when the architecture or training changes: old caches are refused
 FEATURE_NET_FILE = "feature_net.keras"
@@ -201,18 +202,7 @@ def build_feature_classifier(image_shape, num_classes, settings, seed=0):
 def classifier_batches(x, y, batch_size, seed, epochs):
     """(images, labels) batches: a fresh permutation per epoch keyed by (seed, epoch), so the
     same seed gives the same batches."""
-    images, labels = tf.constant(x), tf.constant(y, dtype=tf.int32)
-    n = len(x)
-
-    def epoch_batches(epoch):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-
-    ds = tf.data.Dataset.range(epochs).flat_map(epoch_batches)
-    # Gathering whole batches from one tensor is far cheaper than slicing images one by one.
-    ds = ds.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = shuffled_batches((x, np.asarray(y, dtype=np.int32)), batch_size, seed, 0, epochs)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
