@@ -61,8 +61,8 @@ def main(argv=None):
         return 0  # in a cluster, the chief writes the results
     run.save_model(model, config)
     gmm = run.fit_latent_gmm(model, config, splits)  # ex-post sampler (Ghosh et al. 2020)
-    run.evaluate(model, config, CIFAR10, splits, history, gmm)
-    run.draw_pictures(model, config, CIFAR10, splits, history, gmm)
+    evaluation = run.evaluate(model, config, CIFAR10, splits, history, gmm)  # the test split, once
+    run.draw_pictures(model, config, CIFAR10, splits, history, gmm, evaluation)
     return 0
 
 

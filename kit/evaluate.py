@@ -126,10 +126,10 @@ def dequantize(x, seed=0):
     return ((to_uint8(x) + u) / 256.0).astype(np.float32)
 
 
-def reconstruction_quality(model, x, batch_size=EVAL_BATCH):
-    """MSE per sub-pixel, PSNR (dB) and SSIM of decoder mean images at the posterior mean against
-    `x`, each averaged over images (tf.image.psnr / ssim, max_val 1); SSIM None below 11x11."""
-    reconstructions = decode_images(model, posterior_means(model, x, batch_size), batch_size)
+def reconstruction_quality(x, reconstructions, batch_size=EVAL_BATCH):
+    """MSE per sub-pixel, PSNR (dB) and SSIM of `reconstructions` (decoder mean images at the
+    posterior mean) against `x`, each averaged over images (tf.image.psnr / ssim, max_val 1); SSIM
+    None below 11x11."""
     x = np.asarray(x, dtype=np.float32)
     mse = float(np.mean(np.square(reconstructions.astype(np.float64) - x)))
     psnr, ssim = [], []
@@ -179,8 +179,9 @@ def webp_lossless_bits_per_dim(images_uint8, method=WEBP_METHOD):
 
 
 def compute_metrics(model, x_test, iw_samples, iwae_images, seed=0, progress=False,
-                    lossless_codecs=True):
-    """metrics.json's numbers for `model` on the test images (see README, Evaluation)."""
+                    lossless_codecs=True, reconstructions=None):
+    """metrics.json's numbers for `model` on the test images (see README, Evaluation);
+    `reconstructions` of x_test by reconstruct() when the caller has them already."""
     dims = int(np.prod(x_test.shape[1:]))
     reconstruction, kl = elbo_terms(model, x_test, seed)
     neg_elbo = float(np.mean(reconstruction + kl))
@@ -206,7 +207,9 @@ def compute_metrics(model, x_test, iw_samples, iwae_images, seed=0, progress=Fal
         metrics.update(bce_floor=None, excess_over_floor=None)
 
     # Numbers every likelihood shares: reconstruction quality and an 8-bit bits/dim bound.
-    metrics.update(reconstruction_quality(model, x_test))
+    if reconstructions is None:
+        reconstructions = reconstruct(model, x_test)
+    metrics.update(reconstruction_quality(x_test, reconstructions))
     metrics["gaussian_sigma"] = (float(np.exp(model.gaussian_log_sigma().numpy()))
                                  if model.likelihood == "gaussian" else None)
     bound = EIGHT_BIT_BOUND[model.likelihood]
@@ -240,6 +243,11 @@ def dequantized_bits_per_dim(model, x, dims, iw_samples, iwae_images, seed=0):
 def posterior_means(model, x, batch_size=EVAL_BATCH):
     return np.concatenate([model.encode(x[i:i + batch_size])[0].numpy()
                            for i in range(0, len(x), batch_size)])
+
+
+def reconstruct(model, x, batch_size=EVAL_BATCH):
+    """Decoder mean images at the posterior means of x: what reconstructions show and measure."""
+    return decode_images(model, posterior_means(model, x, batch_size), batch_size)
 
 
 def decode_images(model, z, batch_size=EVAL_BATCH):

@@ -149,9 +149,9 @@ def write_loss_curves(history, outdir, title, latent_dim):
                            f"{title} — latent dim {latent_dim}, epoch {history[-1]['epoch']}")
 
 
-def write_pictures(model, splits, outdir, title, gmm, seed=0):
+def write_pictures(model, splits, outdir, title, gmm, seed=0, z_test=None, reconstructions=None):
     """samples (prior and GMM), reconstructions, latent space, interpolations (+ manifold for a
-    2-D latent)."""
+    2-D latent); z_test and reconstructions of the test split when the caller has them already."""
     outdir = Path(outdir)
     rng = np.random.default_rng(seed)
     latent = model.latent_dim
@@ -160,12 +160,13 @@ def write_pictures(model, splits, outdir, title, gmm, seed=0):
     plot_image_grid(decode_images(model, gmm.sample(100, seed)), outdir / "samples_gmm.png",
                     f"Samples from a {len(gmm.weights)}-component GMM of the training codes — {title}")
 
-    originals = splits.x_test[:30]
-    means = posterior_means(model, originals)
-    plot_reconstructions(originals, decode_images(model, means), outdir / "reconstructions.png",
-                               f"Test images and reconstructions (posterior mean) — {title}")
+    if z_test is None:
+        z_test = posterior_means(model, splits.x_test)
+    if reconstructions is None:
+        reconstructions = decode_images(model, z_test[:30])
+    plot_reconstructions(splits.x_test[:30], reconstructions[:30], outdir / "reconstructions.png",
+                         f"Test images and reconstructions (posterior mean) — {title}")
 
-    z_test = posterior_means(model, splits.x_test)
     how = "" if latent == 2 else f" (PCA of {latent} dims)"
     plot_latent_space(z_test, splits.y_test, splits.class_names, outdir / "latent_space.png",
                             f"Test-set posterior means{how} — {title}")

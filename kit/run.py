@@ -6,6 +6,7 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -19,7 +20,7 @@ from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOut
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
 from kit.guards import estimate_for, free_space_warning, is_chief
 from kit import sample_quality
-from kit.evaluate import EVAL_BATCH, compute_metrics, posterior_means, to_uint8
+from kit.evaluate import EVAL_BATCH, compute_metrics, decode_images, posterior_means, to_uint8
 from kit.pictures import format_metrics, write_loss_curves, write_pictures
 from kit.pipeline import shuffled_batches
 
@@ -267,9 +268,18 @@ def fit_latent_gmm(model, config, splits):
     return gmm
 
 
+@dataclass
+class Evaluation:
+    """What evaluate() measured and what the pictures reuse: the test split's posterior means and
+    their decoder mean images, computed once."""
+    metrics: dict
+    z_test: np.ndarray
+    reconstructions: np.ndarray
+
+
 def evaluate(model, config, spec, splits, history, gmm):
-    """metrics.json (test −ELBO, IWAE, bits/dim, Fréchet distances, ...) on the test split;
-    printed as a table."""
+    """metrics.json (test −ELBO, IWAE, bits/dim, Fréchet distances, ...) on the test split, the
+    only time a run touches it; printed as a table. Returns an Evaluation."""
     print(f"\nEvaluating on {len(splits.x_test)} test images ...")
     metrics = {}
     if config.fd_images:
@@ -280,11 +290,14 @@ def evaluate(model, config, spec, splits, history, gmm):
             seed=0, verbose=1 if sys.stdout.isatty() else 2)
         metrics["feature_net_test_accuracy"] = info["test_accuracy"]
     start = time.perf_counter()  # feature-network training is not evaluation time
+    z_test = posterior_means(model, splits.x_test)
+    reconstructions = decode_images(model, z_test)
     metrics.update(compute_metrics(model, splits.x_test, config.iw_samples, config.iwae_images,
-                                   config.seed, progress=True))
+                                   config.seed, progress=True, reconstructions=reconstructions))
     if config.fd_images:
         metrics.update(sample_quality.sample_quality_metrics(
-            model, features, splits.x_train, splits.x_test, gmm, config.fd_images, config.seed))
+            model, features, splits.x_train, splits.x_test, gmm, config.fd_images, config.seed,
+            reconstructions=reconstructions))
     metrics.update(eval_seconds=time.perf_counter() - start, dataset=spec.name,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    data_source=splits.source, data_warnings=splits.warnings,
@@ -292,19 +305,20 @@ def evaluate(model, config, spec, splits, history, gmm):
                    train_seconds=sum(r["epoch_seconds"] for r in history) if history else None)
     write_json(Path(config.outdir) / "metrics.json", metrics)
     print(format_metrics(metrics))
-    return metrics
+    return Evaluation(metrics, z_test, reconstructions)
 
 
-def draw_pictures(model, config, spec, splits, history, gmm):
+def draw_pictures(model, config, spec, splits, history, gmm, evaluation):
     """Loss curves (given a history), samples from the prior and from the GMM, reconstructions,
-    latent space, interpolations."""
+    latent space, interpolations (the test codes and reconstructions from `evaluation`)."""
     outdir = Path(config.outdir)
     title = data_title(spec, splits)
     if history:
         write_loss_curves(history, outdir, title, model.latent_dim)
     epoch_note = f", epoch {history[-1]['epoch']}" if history else ""
     write_pictures(model, splits, outdir, f"{title}{epoch_note}, latent dim {model.latent_dim}",
-                   gmm, seed=config.seed)
+                   gmm, seed=config.seed, z_test=evaluation.z_test,
+                   reconstructions=evaluation.reconstructions)
     print(f"\nOutputs written to {outdir}/:")
     for path in sorted(outdir.iterdir()):
         if path.is_file() and not path.name.startswith("."):
@@ -318,6 +332,6 @@ def evaluate_saved_model(config, spec):
     history_path = Path(config.eval_only).parent / "history.csv"
     history = read_csv(history_path) if history_path.is_file() else []
     gmm = fit_latent_gmm(model, config, splits)
-    evaluate(model, config, spec, splits, history, gmm)
-    draw_pictures(model, config, spec, splits, history, gmm)
+    evaluation = evaluate(model, config, spec, splits, history, gmm)
+    draw_pictures(model, config, spec, splits, history, gmm, evaluation)
     return 0

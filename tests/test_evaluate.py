@@ -129,3 +129,30 @@ def test_kl_term_of_metrics_is_the_closed_form(tiny_model):
     _, kl = elbo_terms(tiny_model, x, seed=0)
     z_mean, z_log_var = tiny_model.encode(x)
     np.testing.assert_allclose(kl, gaussian_kl(z_mean, z_log_var).numpy(), rtol=1e-6)
+
+
+def test_the_test_split_is_encoded_once_for_metrics_and_pictures(tmp_path, monkeypatch):
+    from conftest import write_fashion_mnist
+    from kit import pictures, run
+    from kit.config import parse_config
+    from kit.data import load_fashion_mnist
+    from vae_fashion_mnist import FASHION_MNIST
+    splits = load_fashion_mnist(str(write_fashion_mnist(tmp_path / "data", n_train=60, n_test=40)))
+    splits = splits.hold_out(10, seed=0)
+    config = parse_config(FASHION_MNIST, ["--outdir", str(tmp_path), "--iw-samples", "0", "--fd-images", "0",
+                                          "--latent-dim", "2", "--gmm-components", "2"])
+    model = build_vae((28, 28, 1), 2, (4, 8), (8,), (8, 4), (), seed=0)
+    encoded = []
+
+    def counting_posterior_means(model, x, batch_size=kit.evaluate.EVAL_BATCH):
+        encoded.append(len(x))
+        return kit.evaluate.posterior_means(model, x, batch_size)
+
+    for module in (run, pictures):
+        monkeypatch.setattr(module, "posterior_means", counting_posterior_means)
+    gmm = run.fit_latent_gmm(model, config, splits)
+    evaluation = run.evaluate(model, config, FASHION_MNIST, splits, [], gmm)
+    run.draw_pictures(model, config, FASHION_MNIST, splits, [], gmm, evaluation)
+    assert encoded == [50, 40]  # the training images for the GMM, then the test split once
+    assert evaluation.z_test.shape == (40, 2) and evaluation.reconstructions.shape == (40, 28, 28, 1)
+    assert (tmp_path / "reconstructions.png").stat().st_size > 1000
