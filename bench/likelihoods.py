@@ -60,7 +60,7 @@ def run(script, name, options, data_dir, outdir):
         subprocess.run(command, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
-def table(script, results):
+def table(script, results, split="test"):
     lines = ["| run | options | " + " | ".join(c for c, _ in COLUMNS) + " |",
              "|" + "---|" * (len(COLUMNS) + 2)]
     for name, metrics in results.items():
@@ -71,7 +71,7 @@ def table(script, results):
         lines.insert(0, f"Every run's options come on top of `{' '.join(SEED_NETWORK)}` (the network "
                         f"CIFAR-10 had by default before this comparison).\n")
     first = next(iter(results.values()))
-    lines.append(f"\nPNG of the same test images: {first.get('png_bits_per_dim')} bits/dim; "
+    lines.append(f"\nPNG of the same {split} images: {first.get('png_bits_per_dim')} bits/dim; "
                  f"WebP lossless: {first.get('webp_bits_per_dim')} bits/dim.")
     return "\n".join(lines)
 
@@ -126,6 +126,32 @@ def samples_side_by_side(folder, names, data_title, path, width=1400):
     out.save(path, optimize=True)
 
 
+def validation_metrics(run_folder):
+    """The run's numbers on its own held-out validation images (never the test split): the same
+    compute_metrics and Fréchet distances as metrics.json, for choosing defaults."""
+    import keras
+
+    import common  # noqa: F401  (registers the model classes)
+    from kit import sample_quality
+    from kit.data import load_cifar10, load_fashion_mnist
+    from kit.evaluate import compute_metrics
+    config = json.loads((run_folder / "config.json").read_text())
+    load = load_cifar10 if config["dataset"] == "cifar10" else load_fashion_mnist
+    loaded = load(config["data_dir"])
+    splits = loaded.hold_out(config["validation_images"], config["seed"])
+    model = keras.models.load_model(run_folder / "model.keras")
+    metrics = compute_metrics(model, splits.x_val, iw_samples=0, iwae_images=0, seed=config["seed"])
+    features, _ = sample_quality.feature_network(
+        config["dataset"], loaded.x_train, loaded.y_train, loaded.x_test, loaded.y_test,
+        sample_quality.files_checksum(loaded.sha256), seed=0, verbose=0)
+    gmm = sample_quality.LatentGMM.load(run_folder / "latent_gmm.npz")
+    metrics.update(sample_quality.sample_quality_metrics(model, features, splits.x_train, splits.x_val,
+                                                         gmm, len(splits.x_val), config["seed"]))
+    metrics["train_seconds"] = json.loads((run_folder / "metrics.json").read_text())["train_seconds"]
+    metrics["epochs"] = config["epochs"]
+    return metrics
+
+
 def load_test_images(config):
     from kit.data import load_cifar10, load_fashion_mnist
     load = load_cifar10 if config["dataset"] == "cifar10" else load_fashion_mnist
@@ -142,6 +168,9 @@ def main():
     parser.add_argument("--picture", help="PNG path for the side-by-side reconstructions")
     parser.add_argument("--samples-picture", help="PNG path for every run's prior and GMM samples")
     parser.add_argument("--title", default="CIFAR-10 (JPEG copy)")
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="the numbers of the table: metrics.json's (test split), or recomputed on "
+                             "each run's held-out validation images (for choosing defaults)")
     args = parser.parse_args()
     folder = ROOT / "bench" / "results" / "likelihoods" / Path(args.script).stem
     results = {}
@@ -149,9 +178,10 @@ def main():
         outdir = folder / name
         outdir.mkdir(parents=True, exist_ok=True)
         run(args.script, name, options_of(args.script, name), args.data_dir, outdir)
-        results[name] = json.loads((outdir / "metrics.json").read_text())
-    print(f"\n{args.title}, test split; commands: {args.script} --data-dir ... + options\n")
-    print(table(args.script, results))
+        results[name] = (validation_metrics(outdir) if args.split == "validation"
+                         else json.loads((outdir / "metrics.json").read_text()))
+    print(f"\n{args.title}, {args.split} split; commands: {args.script} --data-dir ... + options\n")
+    print(table(args.script, results, args.split))
     if args.picture and args.pick:
         side_by_side(folder, [args.runs[0], args.pick], args.title, args.picture)
     if args.samples_picture:
