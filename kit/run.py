@@ -14,7 +14,7 @@ import tensorflow as tf
 import common  # noqa: F401  (registers the model classes for keras.models.load_model)
 from kit.atomic_files import atomic_path, read_csv, write_json
 from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, StopOnNonFinite,
-                           StopOnSignal, first_line, load_checkpoint)
+                           StopOnSignal, load_checkpoint, load_model_file)
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
 from kit.guards import estimate_for, free_space_warning, is_chief
 from kit import sample_quality
@@ -133,10 +133,7 @@ def resume_from_checkpoint(config, spec):
 def load_saved_model(config, spec):
     """The --eval-only .keras VAE, checked to fit this data set."""
     path = config.eval_only
-    try:
-        model = keras.models.load_model(path)
-    except Exception as err:  # a zip that is no Keras model, a missing custom object, ...
-        raise UsageError(f"cannot load {path} as a VAE: {type(err).__name__}: {first_line(err)}") from None
+    model = load_model_file(path, lambda why: UsageError(f"cannot load {path} as a VAE: {why}"))
     if not hasattr(model, "encode") or not hasattr(model, "image_shape"):
         raise UsageError(f"{path} is a Keras model, but not one of this kit's VAEs")
     check_model_matches(model, config, spec, str(path))
