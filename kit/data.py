@@ -145,6 +145,8 @@ def read_fashion_mnist_dir(directory):
         if len(labels) != len(arrays[split, "images"]):
             raise DataError(f"{directory}: {split} split has {len(arrays[split, 'images'])} images "
                             f"but {len(labels)} labels")
+        if not len(labels):
+            raise DataError(f"{directory}: the {split} split holds no images")
         if labels.max() > 9:
             raise DataError(f"{directory}: {split} labels out of range 0-9 (max {labels.max()})")
     images = {s: arrays[s, "images"][..., None].astype(np.float32) / 255.0 for s in ("train", "test")}
@@ -213,6 +215,8 @@ def cifar_labels(labels, n_images, path):
         raise DataError(f"{path}: b'labels' is not a list of integers ({type(err).__name__}: {err})") from None
     if labels.ndim != 1:
         raise DataError(f"{path}: b'labels' must be a flat list of integers, got shape {labels.shape}")
+    if not labels.size and not n_images:  # [] is float64 to NumPy; read_cifar10_dir reports it
+        return labels.astype(np.int64)
     if labels.dtype.kind not in "iu":
         kind = "string" if labels.dtype.kind in "US" else labels.dtype.name
         raise DataError(f"{path}: labels must be integers 0-9, got {kind} values "
@@ -280,6 +284,9 @@ def read_cifar10_dir(directory):
     x_train = np.concatenate([parts[n][0] for n in CIFAR10_TRAIN_FILES])
     y_train = np.concatenate([parts[n][1] for n in CIFAR10_TRAIN_FILES])
     x_test, y_test = parts[CIFAR10_TEST_FILE]
+    for split, images in (("train", x_train), ("test", x_test)):
+        if not len(images):
+            raise DataError(f"{directory}: the {split} split holds no images")
     return Splits(x_train.astype(np.float32) / 255.0, y_train, x_test.astype(np.float32) / 255.0,
                   y_test, source=str(directory), class_names=CIFAR10_CLASSES,
                   warnings=warnings, sha256=sha256)

@@ -15,14 +15,12 @@ import common  # noqa: F401  (registers the model classes for keras.models.load_
 from kit.atomic_files import atomic_path, read_csv, write_json
 from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, StopOnNonFinite,
                            StopOnSignal, load_checkpoint, load_model_file)
+from kit.config import GMM_FIT_IMAGES, data_problem
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
 from kit.guards import estimate_for, free_space_warning, is_chief
 from kit import sample_quality
 from kit.evaluate import EVAL_BATCH, compute_metrics, posterior_means
 from kit.pictures import format_metrics, write_loss_curves, write_pictures
-
-
-GMM_FIT_IMAGES = 20_000  # posterior means the latent GMM is fitted to: enough for 10 components
 
 
 # --- runtime ------------------------------------------------------------------------------------
@@ -61,7 +59,15 @@ def load_data(config, spec):
     print(f"Data: {splits.source} — {len(splits.x_train)} train / {len(splits.x_test)} test images")
     if config.fd_images and not config.refresh_feature_net:
         sample_quality.check_feature_cache(spec.name, sample_quality.files_checksum(splits.sha256))
+    refuse_data_too_small(config, splits)
     return splits
+
+
+def refuse_data_too_small(config, splits):
+    """UsageError now, before training, for options the loaded data is too small for."""
+    problem = data_problem(config, len(splits.x_train), len(splits.x_test))
+    if problem:
+        raise UsageError(problem)
 
 
 def data_title(spec, splits):

@@ -163,6 +163,17 @@ def test_bad_cifar_batches_are_reported_by_name(tmp_path, content, message):
     assert str(bad) in str(err.value)
 
 
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "cifar10"])
+def test_a_split_without_images_is_reported_not_loaded(tmp_path, dataset):
+    if dataset == "fashion_mnist":  # idx files of 0 images: count and range checks pass
+        directory, load = write_fashion_mnist(tmp_path, n_train=20, n_test=0), load_fashion_mnist
+    else:  # protocol 4 pickles empty bytes as bytes (protocol 2 calls bytes(), which is refused)
+        directory, load = write_cifar10(tmp_path, n_per_batch=2) / "cifar-10-batches-py", load_cifar10
+        write_cifar_batch(directory / "test_batch", np.zeros((0, 3072)), [], protocol=4)
+    with pytest.raises(DataError, match=f"^{directory}: the test split holds no images$"):
+        load(str(directory))
+
+
 class CreatesMarker:
     """Unpickling this calls pathlib.Path.touch(marker): code execution if the loader allowed it."""
 

@@ -1,0 +1,105 @@
+"""Options that could only fail after training are refused before it (kit.config), in-process:
+no TensorFlow is needed to refuse them, so these tests take milliseconds."""
+import json
+import os
+
+import pytest
+
+from kit import config as kc
+from kit.config import data_problem, parse_config
+from kit.errors import DamagedRunError, UsageError
+from vae_cifar10 import CIFAR10
+from vae_fashion_mnist import FASHION_MNIST
+
+
+def refusal(argv, spec=FASHION_MNIST):
+    """The one-line message of the UsageError that parse_config raises for argv."""
+    with pytest.raises(UsageError) as err:
+        parse_config(spec, argv)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.fixture
+def outdir(tmp_path):
+    return str(tmp_path / "out")
+
+
+# --- values that break a step after training -----------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--fd-images", "1"], "--fd-images must be 0 (off) or at least 2"),
+    (["--limit", "5"], "--limit 5 is below --gmm-components 10"),
+    (["--limit", "30", "--gmm-components", "31"], "--limit 30 is below --gmm-components 31"),
+    (["--gmm-components", "20001"], "--gmm-components must be at most 20,000"),
+    (["--limit", "1", "--gmm-components", "1"], "--limit 1 leaves too few training images for the Fréchet"),
+    (["--seed", "-1"], "--seed must be in 0 .. 2**32 - 1"),
+    (["--seed", str(2 ** 32)], "--seed must be in 0 .. 2**32 - 1"),
+    (["--epochs", str(2 ** 63)], "--epochs must be at most 2**63 - 1"),
+    (["--kl-warmup", str(10 ** 30)], "--kl-warmup must be at most 2**63 - 1"),
+    (["--iw-samples", str(10 ** 30)], "--iw-samples must be at most 2**63 - 1"),
+    (["--limit", str(10 ** 30)], "--limit must be at most 2**63 - 1"),
+    (["--beta", "1e39"], "--beta must be a finite number >= 0 (at most 3.403e+38, float32)"),
+    (["--lr", "1e300"], "--lr must be a finite number > 0 (at most 3.403e+38, float32)"),
+])
+def test_values_that_would_fail_after_training_are_refused_naming_the_option(outdir, args, message):
+    assert message in refusal([*args, "--outdir", outdir])
+    assert not os.path.exists(outdir)
+
+
+@pytest.mark.parametrize("args", [
+    ["--fd-images", "2"], ["--fd-images", "0", "--limit", "1", "--gmm-components", "1"],
+    ["--limit", "10"], ["--seed", str(2 ** 32 - 1)], ["--epochs", str(2 ** 63 - 1)],
+    ["--beta", "3e38"],
+])
+def test_the_limits_themselves_are_allowed(outdir, args):
+    parse_config(FASHION_MNIST, [*args, "--outdir", outdir])
+
+
+def test_a_gmm_too_big_for_memory_is_refused(outdir, monkeypatch):
+    monkeypatch.setattr(kc, "physical_memory_bytes", lambda: 16 * 10 ** 9)
+    # 20,000 components of 256 x 256 covariances: 4 x 10.5 GB, and 6 x 3.2 GB of responsibilities.
+    message = refusal(["--gmm-components", "20000", "--outdir", outdir], CIFAR10)
+    assert message.startswith("--gmm-components 20000 at --latent-dim 256 needs about 61.2 GB"), message
+    parse_config(CIFAR10, ["--gmm-components", "100", "--outdir", outdir])  # 0.2 GB
+    monkeypatch.setattr(kc, "physical_memory_bytes", lambda: 10 ** 12)
+    parse_config(FASHION_MNIST, ["--gmm-components", "20000", "--outdir", outdir])  # the most allowed
+
+
+@pytest.mark.parametrize("train, test, args, message", [
+    (9, 100, [], "--gmm-components 10 needs as many training images, the data has 9"),
+    (100, 1, ["--fd-images", "2"], "needs at least 2 training and test images, the data has 100 and 1"),
+    (100, 100, ["--batch-size", "10", "--steps-per-execution", "11"],
+     "--steps-per-execution 11 is more than the 10 steps of an epoch"),
+    (100, 100, ["--batch-size", "10", "--steps-per-execution", "3"],
+     "--steps-per-execution 3 must divide the 10 steps of an epoch"),
+])
+def test_data_too_small_for_the_options_is_a_problem(outdir, train, test, args, message):
+    config = parse_config(FASHION_MNIST, [*args, "--outdir", outdir])
+    assert message in data_problem(config, train, test)
+
+
+@pytest.mark.parametrize("args", [[], ["--batch-size", "10", "--steps-per-execution", "5"],
+                                  ["--batch-size", "1000"], ["--fd-images", "0"]])
+def test_data_big_enough_is_no_problem(outdir, args):
+    assert data_problem(parse_config(FASHION_MNIST, [*args, "--outdir", outdir]), 100, 2) is None
+
+
+# --- --resume may change the evaluation's options ----------------------------------------------
+
+def fake_run(folder, spec, **changes):
+    """A run folder as far as parse_config reads one: config.json and checkpoint/state.json."""
+    saved = parse_config(spec, ["--outdir", str(folder)]).to_dict()
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "checkpoint" / "state.json").write_text("{}")
+    (folder / "config.json").write_text(json.dumps({**saved, **changes}))
+    return str(folder)
+
+
+def test_resume_may_mend_an_evaluation_option_that_stopped_the_run(tmp_path):
+    # A run saved with --limit 5 and --gmm-components 10 (older kits failed only after training):
+    # its evaluation can be finished with fewer components, given on the command line.
+    folder = fake_run(tmp_path / "run", FASHION_MNIST, limit=5, gmm_components=10)
+    assert parse_config(FASHION_MNIST, ["--resume", "--outdir", folder, "--gmm-components", "5"]).gmm_components == 5
+    assert "--limit 5 is below --gmm-components 10" in str(
+        pytest.raises(DamagedRunError, parse_config, FASHION_MNIST, ["--resume", "--outdir", folder]).value)
