@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from kit.errors import DamagedRunError, UsageError
-from kit.guards import (GB, estimate_for, is_int, memory_problem, physical_memory_bytes,
-                        read_json_object)
+from kit.guards import (GB, estimate_for, feature_cache_problem, folder_problem, is_int, memory_problem,
+                        physical_memory_bytes, read_json_object)
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "discretized-logistic",
                "discretized-logistic-mixture")  # the same as common.LIKELIHOODS (a test checks)
@@ -200,6 +200,9 @@ def parse_config(spec, argv=None):
                 "preset": preset}
     values = {**defaults, **explicit}
     if values["resume"]:
+        problem = outdir_problem(values["outdir"])
+        if problem:
+            raise UsageError(problem)
         saved = saved_options(values["outdir"], explicit)
         # What may change on resume is checked as given (a run stopped by its --gmm-components
         # resumes with a smaller one); the rest as saved.
@@ -341,7 +344,10 @@ def find_problem(c, spec):
         return problem
     if c.eval_only and c.resume:
         return "--eval-only and --resume cannot be used together"
-    if c.eval_only and not Path(c.eval_only).is_file():
+    problem = outdir_problem(c.outdir)  # first: a name too long to look up fails every later check
+    if problem:
+        return problem
+    if c.eval_only and not os.path.isfile(c.eval_only):
         return f"--eval-only: no model file at {c.eval_only}"
     if c.eval_only and not c.eval_only.endswith(".keras"):
         return f"--eval-only expects a .keras file, got {c.eval_only}"
@@ -351,24 +357,21 @@ def find_problem(c, spec):
     if c.tensorboard and (Path(c.outdir) / "tensorboard").exists() \
             and not (Path(c.outdir) / "tensorboard").is_dir():
         return f"--tensorboard: {Path(c.outdir) / 'tensorboard'} exists and is not a folder"
-    if c.data_dir is not None and not Path(c.data_dir).is_dir():
+    if c.data_dir is not None and not os.path.isdir(c.data_dir):  # False, not OSError, for a bad name
         return f"--data-dir: {c.data_dir} is not a folder"
     if c.distribute == "multiworker" and not os.environ.get("TF_CONFIG"):
         return "--distribute multiworker needs the TF_CONFIG environment variable (see README, Scaling out)"
     if c.resume and not (Path(c.outdir) / "checkpoint" / "state.json").is_file():
         return f"--resume: no checkpoint in {c.outdir}/checkpoint (train without --resume first)"
-    return outdir_problem(c.outdir)
+    if c.fd_images:
+        return feature_cache_problem(spec.name, c.refresh_feature_net)
+    return None
 
 
 def outdir_problem(outdir):
     """None if outdir is a writable folder or can be made one, else why not (creates nothing)."""
-    path = Path(outdir).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        return f"--outdir {outdir} cannot be written: {existing} is not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"--outdir {outdir} cannot be written: permission denied on {existing}"
-    return None
+    problem = folder_problem(outdir)
+    return f"--outdir {outdir} cannot be written: {problem}" if problem else None
 
 
 def data_problem(c, train_images, test_images):

@@ -2,6 +2,7 @@
 no TensorFlow is needed to refuse them, so these tests take milliseconds."""
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -83,6 +84,75 @@ def test_data_too_small_for_the_options_is_a_problem(outdir, train, test, args, 
                                   ["--batch-size", "1000"], ["--fd-images", "0"]])
 def test_data_big_enough_is_no_problem(outdir, args):
     assert data_problem(parse_config(FASHION_MNIST, [*args, "--outdir", outdir]), 100, 2) is None
+
+
+# --- folders that cannot be made (probes 1 and 4) ------------------------------------------------
+
+def test_an_outdir_name_longer_than_the_file_system_allows_is_refused(tmp_path):
+    outdir = tmp_path / ("a" * 300) / "run"
+    message = refusal(["--outdir", str(outdir)])
+    assert message.startswith(f"--outdir {outdir} cannot be written: the name aaaa")
+    assert "is 300 bytes long, more than the 255" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_outdir_path_longer_than_the_file_system_allows_is_refused(tmp_path):
+    outdir = tmp_path.joinpath(*["b" * 200] * 21)  # 21 x 201 bytes > PATH_MAX 4096
+    assert "files inside it would pass the 4096 bytes" in refusal(["--outdir", str(outdir)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_into_a_too_long_outdir_is_refused_not_a_traceback(tmp_path):
+    assert "cannot be written: the name" in refusal(["--resume", "--outdir", str(tmp_path / ("c" * 256))])
+
+
+def test_a_feature_cache_on_a_file_is_refused_when_the_frechet_distance_is_on(tmp_path, monkeypatch, outdir):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("VAE_KIT_CACHE", str(tmp_path / "file"))
+    message = refusal(["--outdir", outdir])
+    assert message == (f"the feature network of the Fréchet distance cannot be cached in "
+                       f"{tmp_path}/file/feature-nets/fashion_mnist: {tmp_path}/file is not a folder "
+                       f"(set VAE_KIT_CACHE to a writable folder, or pass --fd-images 0)")
+    parse_config(FASHION_MNIST, ["--fd-images", "0", "--outdir", outdir])  # no cache needed
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nobody may write to, root included: a read-only tmpfs (skipped where none can be
+    mounted and the tests run as root, to whom permission bits mean nothing)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    if mount.returncode == 0:
+        yield folder
+        subprocess.run(["umount", str(folder)], check=True)
+        return
+    if os.geteuid() == 0:
+        pytest.skip(f"cannot mount a read-only tmpfs: {mount.stderr.strip()}")
+    folder.chmod(0o500)
+    yield folder
+    folder.chmod(0o700)
+
+
+def test_a_feature_cache_that_cannot_be_written_is_refused(read_only_folder, monkeypatch, outdir):
+    monkeypatch.setenv("VAE_KIT_CACHE", str(read_only_folder))
+    message = refusal(["--outdir", outdir])
+    assert message.startswith("the feature network of the Fréchet distance cannot be cached in "
+                              f"{read_only_folder}/feature-nets/fashion_mnist: permission denied on "
+                              f"{read_only_folder}"), message
+
+
+def test_a_cached_network_in_a_read_only_cache_is_enough_unless_refreshed(tmp_path, monkeypatch, outdir):
+    cache = tmp_path / "cache"
+    (cache / "feature-nets" / "fashion_mnist").mkdir(parents=True)
+    (cache / "feature-nets" / "fashion_mnist" / "info.json").write_text("{}")
+    monkeypatch.setenv("VAE_KIT_CACHE", str(cache))
+    real_access = os.access
+    monkeypatch.setattr("kit.guards.os.access",  # nothing in the cache can be written
+                        lambda path, mode: not str(path).startswith(str(cache)) and real_access(path, mode))
+    parse_config(FASHION_MNIST, ["--outdir", outdir])  # reading the cached network is enough
+    assert "cannot be cached" in refusal(["--refresh-feature-net", "--outdir", outdir])
 
 
 # --- --resume may change the evaluation's options ----------------------------------------------

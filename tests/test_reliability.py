@@ -412,3 +412,51 @@ def test_eval_only_of_the_other_data_sets_model_leaves_no_outdir(trained_run, ci
     line = assert_one_line(result, 2)
     assert "fashion_mnist" in line and "cifar10" in line, line
     assert not outdir.exists()
+
+
+# --- 9. what could only fail after training is refused before it (issue 16's probes) -------------
+
+@pytest.mark.slow
+def test_a_feature_cache_on_a_file_is_refused_before_training(fashion_dir, tmp_path):
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("not a folder")
+    outdir = tmp_path / "out"
+    result = run_script(FASHION, "--data-dir", fashion_dir, "--epochs", 1, "--limit", 64, "--outdir",
+                        outdir, *TINY_MODEL, timeout=60, env={"VAE_KIT_CACHE": str(blocker)})
+    line = assert_one_line(result, 2)
+    assert f"cannot be cached in {blocker}/feature-nets/fashion_mnist: {blocker} is not a folder" in line
+    assert "Epoch 1" not in result.stdout and not outdir.exists()
+
+
+def write_damaged_feature_cache(cache, fashion_dir):
+    """A cached feature network for the fixture data whose file no longer matches its info.json."""
+    from kit.data import load_fashion_mnist
+    from kit.sample_quality import FEATURE_NET_VERSION, files_checksum
+    folder = cache / "feature-nets" / "fashion_mnist"
+    folder.mkdir(parents=True)
+    (folder / "feature_net.keras").write_bytes(b"PK\x03\x04 half a network")
+    (folder / "info.json").write_text(json.dumps({
+        "data_checksum": files_checksum(load_fashion_mnist(str(fashion_dir)).sha256),
+        "net_version": FEATURE_NET_VERSION, "feature_net_sha256": "0" * 64}))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_damaged_cached_feature_network_is_refused_before_training(fashion_dir, tmp_path):
+    folder = write_damaged_feature_cache(tmp_path / "cache", fashion_dir)
+    outdir = tmp_path / "out"
+    result = run_script(FASHION, "--data-dir", fashion_dir, "--epochs", 1, "--limit", 64, "--outdir",
+                        outdir, *TINY_MODEL, timeout=120, env={"VAE_KIT_CACHE": str(tmp_path / "cache")})
+    line = assert_one_line(result, 2)
+    assert f"{folder}/feature_net.keras is missing or does not match info.json" in line, line
+    assert "--refresh-feature-net" in line
+    assert "Epoch 1" not in result.stdout and not outdir.exists()
+
+
+@pytest.mark.slow
+def test_an_outdir_name_too_long_is_refused_before_anything_is_made(tmp_path):
+    outdir = tmp_path / "missing" / ("n" * 300)
+    result = run_script(FASHION, "--outdir", outdir, "--epochs", 1, timeout=60)
+    line = assert_one_line(result, 2)
+    assert "cannot be written: the name nnnn" in line and "300 bytes long" in line, line
+    assert list(tmp_path.iterdir()) == []  # not even the missing parent
