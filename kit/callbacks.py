@@ -5,6 +5,7 @@ import sys
 import time
 import zipfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -181,6 +182,26 @@ def load_model_file(path, error):
         if isinstance(err, TypeError) and not str(err).startswith(UNKNOWN_OBJECT_MESSAGES):
             raise
         raise error(f"{type(err).__name__}: {first_line(err)}") from None
+
+
+@contextmanager
+def stop_on_signal_at_once():
+    """Ctrl-C / SIGTERM raise TrainingStopped (130 / 143) at once, for work outside model.fit (the
+    evaluation): there is no step to finish first. The previous handlers are back afterwards."""
+    def handle(signum, frame):
+        restore()  # a second signal gets the default handling
+        raise TrainingStopped(f"interrupted by {signal.Signals(signum).name}",
+                              StopOnSignal.EXIT_CODES[signum])
+
+    def restore():
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    previous = {s: signal.signal(s, handle) for s in StopOnSignal.EXIT_CODES}
+    try:
+        yield
+    finally:
+        restore()
 
 
 def first_line(err, limit=200):

@@ -1,5 +1,6 @@
 """The steps of a run that the scripts call by name: runtime, data, resume, batches, callbacks,
 evaluation and pictures. The training loop itself (`model.fit`) stays in the scripts."""
+import json
 import math
 import resource
 import sys
@@ -14,10 +15,10 @@ import tensorflow as tf
 import common  # noqa: F401  (registers the model classes for keras.models.load_model)
 from kit.atomic_files import atomic_path, read_csv, write_json
 from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, StopOnNonFinite,
-                           StopOnSignal, load_checkpoint, load_model_file)
+                           StopOnSignal, load_checkpoint, load_model_file, stop_on_signal_at_once)
 from kit.config import GMM_FIT_IMAGES, data_problem
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
-from kit.guards import estimate_for, free_space_warning, is_chief
+from kit.guards import estimate_for, free_space_warning, is_chief, is_int
 from kit import sample_quality
 from kit.evaluate import EVAL_BATCH, compute_metrics, posterior_means
 from kit.pictures import format_metrics, write_loss_curves, write_pictures
@@ -122,18 +123,37 @@ def adam(config, steps_per_epoch):
 
 
 def resume_from_checkpoint(config, spec):
-    """(model with its optimizer state, history so far) from the checkpoint in outdir."""
+    """(model with its optimizer state, history so far) from the checkpoint in outdir. A run whose
+    training is done but whose evaluation never finished resumes to finish it (fit runs no epoch)."""
     model, state = load_checkpoint(Path(config.outdir) / "checkpoint")
     check_model_matches(model, config, spec, f"the checkpoint in {config.outdir}")
     for name in ("latent_dim", "likelihood"):  # config.json must describe the checkpoint's model
         if getattr(model, name) != getattr(config, name):
             raise DamagedRunError(f"the checkpoint in {config.outdir} is damaged: config.json says "
                                   f"{name} {getattr(config, name)}, its model has {getattr(model, name)}")
-    if state["epoch"] >= config.epochs:
-        raise UsageError(f"the checkpoint is already at epoch {state['epoch']}; "
+    epoch = state["epoch"]
+    if evaluated_epoch(config.outdir) == epoch >= config.epochs:
+        raise UsageError(f"the checkpoint is already at epoch {epoch} and its run is finished; "
                          f"pass --epochs larger than that to train on")
-    print(f"Resuming from epoch {state['epoch']} of {config.outdir}")
+    if epoch > config.epochs:
+        raise UsageError(f"the checkpoint is already at epoch {epoch}; pass --epochs {epoch} to "
+                         f"finish its evaluation, or larger than that to train on")
+    if epoch == config.epochs:
+        print(f"Training of {config.outdir} is done (epoch {state['epoch']}): finishing its evaluation")
+    else:
+        print(f"Resuming from epoch {state['epoch']} of {config.outdir}")
     return model, list(state["history"])
+
+
+def evaluated_epoch(outdir):
+    """The epoch whose evaluation outdir's metrics.json holds (written last, so that run finished),
+    or None when there is none to read."""
+    try:
+        metrics = json.loads((Path(outdir) / "metrics.json").read_text())
+    except (OSError, ValueError, RecursionError):  # missing, unreadable, not JSON
+        return None
+    epochs = metrics.get("epochs") if isinstance(metrics, dict) else None
+    return epochs if is_int(epochs) else None
 
 
 def load_saved_model(config, spec):
@@ -215,6 +235,23 @@ def resume_hint_on_stop(config, history):
         raise
 
 
+@contextmanager
+def finish_hint_on_stop(config, history):
+    """Ctrl-C / SIGTERM (or a failed write) during the evaluation stop it at once, saying how to
+    finish it: --resume of a trained run, the same command again for --eval-only."""
+    try:
+        with stop_on_signal_at_once():
+            yield
+    except (TrainingStopped, WriteError) as stop:
+        if config.eval_only:
+            stop.hint = "metrics.json was not written; run the same --eval-only command again"
+        else:
+            stop.hint = (f"training is done ({len(history)} epoch(s) saved in {config.outdir}), the "
+                         f"evaluation is not. Finish it with:\n"
+                         f"  python {Path(sys.argv[0]).name} --resume --outdir {config.outdir}")
+        raise
+
+
 def save_model(model, config):
     with atomic_path(Path(config.outdir) / "model.keras") as tmp:
         model.save(tmp)
@@ -232,9 +269,9 @@ def fit_latent_gmm(model, config, splits):
 
 
 def evaluate(model, config, spec, splits, history, gmm):
-    """metrics.json (test −ELBO, IWAE, bits/dim, Fréchet distances, ...) on the test split;
-    printed as a table."""
-    print(f"\nEvaluating on {len(splits.x_test)} test images ...")
+    """The metrics (test −ELBO, IWAE, bits/dim, Fréchet distances, ...) on the test split, printed
+    as a table; save_metrics writes them to metrics.json once the pictures are drawn."""
+    print(f"\nEvaluating on {len(splits.x_test)} test images ...", flush=True)
     metrics = {}
     if config.fd_images:
         full = splits.full or splits
@@ -254,9 +291,18 @@ def evaluate(model, config, spec, splits, history, gmm):
                    data_source=splits.source, data_warnings=splits.warnings,
                    epochs=history[-1]["epoch"] if history else None,
                    train_seconds=sum(r["epoch_seconds"] for r in history) if history else None)
-    write_json(Path(config.outdir) / "metrics.json", metrics)
     print(format_metrics(metrics))
     return metrics
+
+
+def save_metrics(config, metrics):
+    """metrics.json, written last: a run folder that has it holds a finished run. Lists the outputs."""
+    outdir = Path(config.outdir)
+    write_json(outdir / "metrics.json", metrics)
+    print(f"\nOutputs written to {outdir}/:")
+    for path in sorted(outdir.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            print(f"  {path.name}")
 
 
 def draw_pictures(model, config, spec, splits, history, gmm):
@@ -269,10 +315,6 @@ def draw_pictures(model, config, spec, splits, history, gmm):
     epoch_note = f", epoch {history[-1]['epoch']}" if history else ""
     write_pictures(model, splits, outdir, f"{title}{epoch_note}, latent dim {model.latent_dim}",
                    gmm, seed=config.seed)
-    print(f"\nOutputs written to {outdir}/:")
-    for path in sorted(outdir.iterdir()):
-        if path.is_file() and not path.name.startswith("."):
-            print(f"  {path.name}")
 
 
 def evaluate_saved_model(config, spec):
@@ -281,7 +323,9 @@ def evaluate_saved_model(config, spec):
     splits = load_data(config, spec)
     history_path = Path(config.eval_only).parent / "history.csv"
     history = read_csv(history_path) if history_path.is_file() else []
-    gmm = fit_latent_gmm(model, config, splits)
-    evaluate(model, config, spec, splits, history, gmm)
-    draw_pictures(model, config, spec, splits, history, gmm)
+    with finish_hint_on_stop(config, history):
+        gmm = fit_latent_gmm(model, config, splits)
+        metrics = evaluate(model, config, spec, splits, history, gmm)
+        draw_pictures(model, config, spec, splits, history, gmm)
+        save_metrics(config, metrics)
     return 0
