@@ -1,5 +1,6 @@
 """The steps of a run that the scripts call by name: runtime, data, resume, batches, callbacks,
 evaluation and pictures. The training loop itself (`model.fit`) stays in the scripts."""
+import csv
 import json
 import math
 import resource
@@ -15,7 +16,8 @@ import tensorflow as tf
 import common  # noqa: F401  (registers the model classes for keras.models.load_model)
 from kit.atomic_files import atomic_path, read_csv, write_json
 from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, StopOnNonFinite,
-                           StopOnSignal, load_checkpoint, load_model_file, stop_on_signal_at_once)
+                           StopOnSignal, first_line, load_checkpoint, load_model_file,
+                           stop_on_signal_at_once)
 from kit.config import GMM_FIT_IMAGES, data_problem
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
 from kit.guards import estimate_for, free_space_warning, is_chief, is_int
@@ -286,11 +288,12 @@ def evaluate(model, config, spec, splits, history, gmm):
     if config.fd_images:
         metrics.update(sample_quality.sample_quality_metrics(
             model, features, splits.x_train, splits.x_test, gmm, config.fd_images, config.seed))
+    seconds = [row.get("epoch_seconds") for row in history]
     metrics.update(eval_seconds=time.perf_counter() - start, dataset=spec.name,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    data_source=splits.source, data_warnings=splits.warnings,
                    epochs=history[-1]["epoch"] if history else None,
-                   train_seconds=sum(r["epoch_seconds"] for r in history) if history else None)
+                   train_seconds=sum(seconds) if seconds and None not in seconds else None)
     print(format_metrics(metrics))
     return metrics
 
@@ -317,12 +320,29 @@ def draw_pictures(model, config, spec, splits, history, gmm):
                    gmm, seed=config.seed)
 
 
+def read_history(path):
+    """The rows of a saved run's history.csv; [] with a warning when it is missing or damaged
+    (then the loss curves are skipped, not the evaluation)."""
+    if not Path(path).is_file():
+        return []
+    try:
+        rows = read_csv(path)
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as err:
+        print(f"warning: {path} cannot be read ({first_line(err)}); the loss curves are skipped",
+              file=sys.stderr)
+        return []
+    if [row["epoch"] for row in rows] != list(range(1, len(rows) + 1)):
+        print(f"warning: {path} does not list epochs 1, 2, ... in order; the loss curves are skipped",
+              file=sys.stderr)
+        return []
+    return rows
+
+
 def evaluate_saved_model(config, spec):
     """--eval-only: the saved model's metrics and pictures (and its run's loss curves)."""
     model = load_saved_model(config, spec)
     splits = load_data(config, spec)
-    history_path = Path(config.eval_only).parent / "history.csv"
-    history = read_csv(history_path) if history_path.is_file() else []
+    history = read_history(Path(config.eval_only).parent / "history.csv")
     with finish_hint_on_stop(config, history):
         gmm = fit_latent_gmm(model, config, splits)
         metrics = evaluate(model, config, spec, splits, history, gmm)

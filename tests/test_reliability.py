@@ -460,3 +460,22 @@ def test_an_outdir_name_too_long_is_refused_before_anything_is_made(tmp_path):
     line = assert_one_line(result, 2)
     assert "cannot be written: the name nnnn" in line and "300 bytes long" in line, line
     assert list(tmp_path.iterdir()) == []  # not even the missing parent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content", ["epoch,loss\n1,abc\n", "epoch,loss\n1,2.0,3.0\n", "loss\n2.0\n",
+                                     "\xff\xfe not text"])
+def test_eval_only_beside_a_damaged_history_warns_and_evaluates(trained_run, fashion_dir, tmp_path, content):
+    run = copy_run(trained_run, tmp_path)
+    (run / "history.csv").write_bytes(content.encode("latin-1"))
+    outdir = tmp_path / "eval"
+    result = run_script(FASHION, "--eval-only", run / "model.keras", "--data-dir", fashion_dir,
+                        "--fd-images", 0, "--iw-samples", 0, "--outdir", outdir, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "history.csv" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {run / 'history.csv'} ")
+    assert warnings[0].endswith("; the loss curves are skipped"), warnings
+    assert (outdir / "metrics.json").is_file() and (outdir / "samples.png").is_file()
+    assert not (outdir / "loss_curves.png").exists()
+    assert json.loads((outdir / "metrics.json").read_text())["epochs"] is None

@@ -282,3 +282,16 @@ def test_a_signal_stops_the_evaluation_at_once_and_says_how_to_finish_it(tmp_pat
             time.sleep(5)
     assert stop.value.exit_code == 130
     assert stop.value.hint == "metrics.json was not written; run the same --eval-only command again"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("epoch,loss\n1,2.0,3.0\n", "line 2 has more cells than the header"),
+    ("epoch,loss\n1\n", "line 2 has fewer cells than the header"),
+    ("epoch,loss\n,2.0\n", "line 2 has no whole epoch number"),
+    ("epoch,loss\n1.5,2.0\n", "line 2 has no whole epoch number"),
+    ("epoch,loss\n1,abc\n", "could not convert string to float"),
+])
+def test_read_csv_refuses_a_file_write_csv_did_not_write_with_a_value_error(tmp_path, content, message):
+    (tmp_path / "history.csv").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_csv(tmp_path / "history.csv")
