@@ -203,7 +203,7 @@ def parse_config(spec, argv=None):
         problem = outdir_problem(values["outdir"])
         if problem:
             raise UsageError(problem)
-        saved = saved_options(values["outdir"], explicit)
+        saved = saved_options(values["outdir"], explicit, spec)
         # What may change on resume is checked as given (a run stopped by its --gmm-components
         # resumes with a smaller one); the rest as saved.
         changes = {name: value for name, value in explicit.items() if name in RESUMABLE}
@@ -219,13 +219,21 @@ def parse_config(spec, argv=None):
     return config
 
 
-def saved_options(outdir, explicit):
-    """The interrupted run's options from its config.json, refusing explicit options that would
-    contradict the checkpoint (it fixes the model, optimizer and data order)."""
+def saved_options(outdir, explicit, spec):
+    """The interrupted run's options from its config.json, refusing a run of another data set and
+    explicit options that would contradict the checkpoint (it fixes the model, optimizer and data
+    order)."""
     path = Path(outdir) / "config.json"
     if not (Path(outdir) / "checkpoint").is_dir():
         return {}  # find_problem reports the missing checkpoint
     saved = read_json_object(path, "the checkpoint is damaged:")
+    dataset = saved.get("dataset", spec.name)
+    if not isinstance(dataset, str):
+        raise DamagedRunError(f"the checkpoint in {outdir} is damaged: config.json: dataset is "
+                              f"{dataset!r}, not a string")
+    if dataset != spec.name:
+        raise UsageError(f"--resume: {outdir} holds another data set's run ({dataset}, not "
+                         f"{spec.name}); resume it with vae_{dataset}.py")
     saved = {k: v for k, v in saved.items()
              if k in FIELD_TYPES and k not in ("dataset", "explicit", "resume", "eval_only", "outdir")}
     for name, value in saved.items():

@@ -173,3 +173,17 @@ def test_resume_may_mend_an_evaluation_option_that_stopped_the_run(tmp_path):
     assert parse_config(FASHION_MNIST, ["--resume", "--outdir", folder, "--gmm-components", "5"]).gmm_components == 5
     assert "--limit 5 is below --gmm-components 10" in str(
         pytest.raises(DamagedRunError, parse_config, FASHION_MNIST, ["--resume", "--outdir", folder]).value)
+
+
+@pytest.mark.parametrize("run_of, resumed_by", [(CIFAR10, FASHION_MNIST), (FASHION_MNIST, CIFAR10)])
+def test_resume_of_another_data_sets_run_is_refused_both_ways(tmp_path, run_of, resumed_by):
+    folder = fake_run(tmp_path / "run", run_of)
+    message = refusal(["--resume", "--outdir", folder], resumed_by)
+    assert message == (f"--resume: {folder} holds another data set's run ({run_of.name}, not "
+                       f"{resumed_by.name}); resume it with vae_{run_of.name}.py")
+
+
+def test_resume_with_a_dataset_that_is_no_string_is_a_damaged_folder(tmp_path):
+    folder = fake_run(tmp_path / "run", FASHION_MNIST, dataset=7)
+    with pytest.raises(DamagedRunError, match="config.json: dataset is 7, not a string"):
+        parse_config(FASHION_MNIST, ["--resume", "--outdir", folder])

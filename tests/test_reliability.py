@@ -479,3 +479,27 @@ def test_eval_only_beside_a_damaged_history_warns_and_evaluates(trained_run, fas
     assert (outdir / "metrics.json").is_file() and (outdir / "samples.png").is_file()
     assert not (outdir / "loss_curves.png").exists()
     assert json.loads((outdir / "metrics.json").read_text())["epochs"] is None
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory, cifar_dir):
+    """One finished tiny CIFAR-10 run folder."""
+    outdir = tmp_path_factory.mktemp("cifar") / "run"
+    result = run_script("vae_cifar10.py", "--data-dir", cifar_dir, "--epochs", 1, "--limit", 64,
+                        "--outdir", outdir, *TINY_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return outdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, run_of, resumed_by", [(FASHION, "cifar10", "fashion_mnist"),
+                                                        ("vae_cifar10.py", "fashion_mnist", "cifar10")])
+def test_resume_of_the_other_data_sets_run_is_refused_both_ways(trained_run, cifar_run, tmp_path, script,
+                                                                run_of, resumed_by):
+    outdir = copy_run(cifar_run if run_of == "cifar10" else trained_run, tmp_path)
+    before = snapshot(outdir)
+    result = run_script(script, "--resume", "--outdir", outdir, "--epochs", 2, timeout=60)
+    line = assert_one_line(result, 2)
+    assert line.endswith(f"error: --resume: {outdir} holds another data set's run ({run_of}, not "
+                         f"{resumed_by}); resume it with vae_{run_of}.py"), line
+    assert snapshot(outdir) == before
