@@ -40,6 +40,9 @@ RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, iw_samples=100, iwae_imag
 # What --resume may change: the rest is fixed by the checkpoint (weights, optimizer, data order).
 RESUMABLE = ("epochs", "iw_samples", "iwae_images", "fd_images", "gmm_components",
              "refresh_feature_net", "tensorboard", "data_dir", "outdir", "resume")
+# What --eval-only honours: the model file fixes the model, and nothing is trained.
+EVAL_ONLY_OPTIONS = ("eval_only", "seed", "outdir", "data_dir", "limit", "iw_samples", "iwae_images",
+                     "fd_images", "gmm_components", "refresh_feature_net")
 
 GMM_FIT_IMAGES = 20_000  # posterior means the latent GMM is fitted to: enough for 10 components
 FD_MIN_IMAGES = 2  # a covariance of the features needs at least two images per set
@@ -344,6 +347,16 @@ def gmm_memory_problem(c, fraction=0.5):
             f"components")
 
 
+def eval_only_problem(c):
+    """None, or the first explicit option that --eval-only cannot honour (it trains nothing)."""
+    unhonoured = sorted(c.explicit - set(EVAL_ONLY_OPTIONS) - {"resume"})
+    if not unhonoured:
+        return None
+    return (f"{option(unhonoured[0])} cannot be used with --eval-only: the model file fixes the model "
+            f"and nothing is trained (with --eval-only only "
+            f"{', '.join(option(n) for n in EVAL_ONLY_OPTIONS[1:])} apply)")
+
+
 def find_problem(c, spec):
     """The first thing wrong with a config, as a message, or None."""
     problem = (value_problem(c.to_dict(), spec) or memory_problem(estimate_for(c, spec.image_shape))
@@ -362,6 +375,8 @@ def find_problem(c, spec):
     if c.eval_only and not zipfile.is_zipfile(c.eval_only):
         size = Path(c.eval_only).stat().st_size
         return f"--eval-only: {c.eval_only} is not a .keras archive ({size} bytes{', empty' if not size else ''})"
+    if c.eval_only and eval_only_problem(c):
+        return eval_only_problem(c)
     if c.tensorboard and (Path(c.outdir) / "tensorboard").exists() \
             and not (Path(c.outdir) / "tensorboard").is_dir():
         return f"--tensorboard: {Path(c.outdir) / 'tensorboard'} exists and is not a folder"

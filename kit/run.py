@@ -169,12 +169,10 @@ def load_saved_model(config, spec):
 
 
 def check_model_matches(model, config, spec, what):
+    """UsageError for a model of another data set (--eval-only refuses model options before this)."""
     if model.image_shape != tuple(spec.image_shape) or model.dataset not in (None, spec.name):
         raise UsageError(f"{what} was trained on {model.dataset} {model.image_shape} images, "
                          f"not {spec.name} {tuple(spec.image_shape)}")
-    if "latent_dim" in config.explicit and config.latent_dim != model.latent_dim:
-        raise UsageError(f"--latent-dim {config.latent_dim} does not match {what} "
-                         f"(latent dim {model.latent_dim})")
 
 
 # --- training -----------------------------------------------------------------------------------

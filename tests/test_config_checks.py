@@ -86,7 +86,70 @@ def test_data_big_enough_is_no_problem(outdir, args):
     assert data_problem(parse_config(FASHION_MNIST, [*args, "--outdir", outdir]), 100, 2) is None
 
 
-# --- folders that cannot be made (probes 1 and 4) ------------------------------------------------
+# --- --eval-only honours only the evaluation's options -----------------------------------------
+
+@pytest.fixture
+def model_file(tmp_path):
+    """A file that passes the pre-TensorFlow checks of --eval-only (a .keras zip)."""
+    import zipfile
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{}")
+    return str(path)
+
+
+@pytest.mark.parametrize("args", [
+    ["--likelihood", "gaussian"], ["--latent-dim", "2"], ["--encoder-filters", "8"], ["--arch", "resnet"],
+    ["--epochs", "3"], ["--lr", "0.01"], ["--batch-size", "7"], ["--beta", "2"], ["--preset", "keras-io"],
+    ["--tensorboard"], ["--mixed-precision"], ["--jit-compile"], ["--steps-per-execution", "2"],
+    ["--distribute", "mirrored"], ["--kl-warmup", "1"],
+])
+def test_eval_only_refuses_options_it_cannot_honour(model_file, outdir, args):
+    message = refusal(["--eval-only", model_file, *args, "--outdir", outdir])
+    assert message.startswith(f"{args[0]} cannot be used with --eval-only"), message
+
+
+def test_eval_only_accepts_the_evaluation_options(model_file, outdir):
+    config = parse_config(FASHION_MNIST, ["--eval-only", model_file, "--seed", "3", "--limit", "100",
+                                          "--iw-samples", "5", "--iwae-images", "50", "--fd-images", "0",
+                                          "--gmm-components", "4", "--outdir", outdir])
+    assert (config.seed, config.limit, config.gmm_components) == (3, 100, 4)
+
+
+# --- --resume: another data set's run, options the checkpoint fixes -----------------------------
+
+def fake_run(folder, spec, **changes):
+    """A run folder as far as parse_config reads one: config.json and checkpoint/state.json."""
+    saved = parse_config(spec, ["--outdir", str(folder)]).to_dict()
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "checkpoint" / "state.json").write_text("{}")
+    (folder / "config.json").write_text(json.dumps({**saved, **changes}))
+    return str(folder)
+
+
+@pytest.mark.parametrize("run_of, resumed_by", [(CIFAR10, FASHION_MNIST), (FASHION_MNIST, CIFAR10)])
+def test_resume_of_another_data_sets_run_is_refused_both_ways(tmp_path, run_of, resumed_by):
+    folder = fake_run(tmp_path / "run", run_of)
+    message = refusal(["--resume", "--outdir", folder], resumed_by)
+    assert message == (f"--resume: {folder} holds another data set's run ({run_of.name}, not "
+                       f"{resumed_by.name}); resume it with vae_{run_of.name}.py")
+
+
+def test_resume_with_a_dataset_that_is_no_string_is_a_damaged_folder(tmp_path):
+    folder = fake_run(tmp_path / "run", FASHION_MNIST, dataset=7)
+    with pytest.raises(DamagedRunError, match="config.json: dataset is 7, not a string"):
+        parse_config(FASHION_MNIST, ["--resume", "--outdir", folder])
+
+
+@pytest.mark.parametrize("args", [["--jit-compile"], ["--mixed-precision"], ["--steps-per-execution", "2"],
+                                  ["--distribute", "mirrored"], ["--limit", "50"], ["--seed", "1"]])
+def test_resume_refuses_options_the_checkpoint_fixes(tmp_path, args):
+    folder = fake_run(tmp_path / "run", FASHION_MNIST)
+    message = refusal(["--resume", "--outdir", folder, *args])
+    assert message.startswith(f"{args[0]} ") and "does not match the run in" in message, message
+
+
+# --- folders that cannot be made, caches that cannot be written ----------------------------------
 
 def test_an_outdir_name_longer_than_the_file_system_allows_is_refused(tmp_path):
     outdir = tmp_path / ("a" * 300) / "run"
@@ -155,17 +218,6 @@ def test_a_cached_network_in_a_read_only_cache_is_enough_unless_refreshed(tmp_pa
     assert "cannot be cached" in refusal(["--refresh-feature-net", "--outdir", outdir])
 
 
-# --- --resume may change the evaluation's options ----------------------------------------------
-
-def fake_run(folder, spec, **changes):
-    """A run folder as far as parse_config reads one: config.json and checkpoint/state.json."""
-    saved = parse_config(spec, ["--outdir", str(folder)]).to_dict()
-    (folder / "checkpoint").mkdir(parents=True)
-    (folder / "checkpoint" / "state.json").write_text("{}")
-    (folder / "config.json").write_text(json.dumps({**saved, **changes}))
-    return str(folder)
-
-
 def test_resume_may_mend_an_evaluation_option_that_stopped_the_run(tmp_path):
     # A run saved with --limit 5 and --gmm-components 10 (older kits failed only after training):
     # its evaluation can be finished with fewer components, given on the command line.
@@ -173,17 +225,3 @@ def test_resume_may_mend_an_evaluation_option_that_stopped_the_run(tmp_path):
     assert parse_config(FASHION_MNIST, ["--resume", "--outdir", folder, "--gmm-components", "5"]).gmm_components == 5
     assert "--limit 5 is below --gmm-components 10" in str(
         pytest.raises(DamagedRunError, parse_config, FASHION_MNIST, ["--resume", "--outdir", folder]).value)
-
-
-@pytest.mark.parametrize("run_of, resumed_by", [(CIFAR10, FASHION_MNIST), (FASHION_MNIST, CIFAR10)])
-def test_resume_of_another_data_sets_run_is_refused_both_ways(tmp_path, run_of, resumed_by):
-    folder = fake_run(tmp_path / "run", run_of)
-    message = refusal(["--resume", "--outdir", folder], resumed_by)
-    assert message == (f"--resume: {folder} holds another data set's run ({run_of.name}, not "
-                       f"{resumed_by.name}); resume it with vae_{run_of.name}.py")
-
-
-def test_resume_with_a_dataset_that_is_no_string_is_a_damaged_folder(tmp_path):
-    folder = fake_run(tmp_path / "run", FASHION_MNIST, dataset=7)
-    with pytest.raises(DamagedRunError, match="config.json: dataset is 7, not a string"):
-        parse_config(FASHION_MNIST, ["--resume", "--outdir", folder])

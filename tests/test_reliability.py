@@ -503,3 +503,14 @@ def test_resume_of_the_other_data_sets_run_is_refused_both_ways(trained_run, cif
     assert line.endswith(f"error: --resume: {outdir} holds another data set's run ({run_of}, not "
                          f"{resumed_by}); resume it with vae_{run_of}.py"), line
     assert snapshot(outdir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", [["--likelihood", "gaussian"], ["--latent-dim", "2"], ["--epochs", "5"]])
+def test_eval_only_refuses_a_model_option_instead_of_ignoring_it(trained_run, tmp_path, option):
+    outdir = tmp_path / "out"
+    result = run_script(FASHION, "--eval-only", trained_run / "model.keras", *option, "--outdir", outdir,
+                        timeout=60)
+    line = assert_one_line(result, 2)
+    assert f"{option[0]} cannot be used with --eval-only: the model file fixes the model" in line, line
+    assert not outdir.exists()
