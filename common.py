@@ -386,6 +386,8 @@ def mean_image(outputs, likelihood="bernoulli", image_channels=None, mixture_com
         if image_channels is None or mixture_components is None:
             raise ValueError("the mixture's mean image needs image_channels and mixture_components")
         return discretized_logistic_mixture_mean(outputs, image_channels, mixture_components)
+    if likelihood != "bernoulli":
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, not {likelihood!r}")
     return ops.sigmoid(ops.cast(outputs, "float32"))
 
 

@@ -57,10 +57,12 @@ def main(argv=None):
                   callbacks=run.training_callbacks(config, FASHION_MNIST, splits, history))
     if not run.is_chief():
         return 0  # in a cluster, the chief writes the results
-    run.save_model(model, config)
-    gmm = run.fit_latent_gmm(model, config, splits)  # ex-post sampler (Ghosh et al. 2020)
-    evaluation = run.evaluate(model, config, FASHION_MNIST, splits, history, gmm)  # the test split, once
-    run.draw_pictures(model, config, FASHION_MNIST, splits, history, gmm, evaluation)
+    with run.finish_hint_on_stop(config, history):  # Ctrl-C here says how to finish with --resume
+        run.save_model(model, config)
+        gmm = run.fit_latent_gmm(model, config, splits)  # ex-post sampler (Ghosh et al. 2020)
+        evaluation = run.evaluate(model, config, FASHION_MNIST, splits, history, gmm)  # the test split
+        run.draw_pictures(model, config, FASHION_MNIST, splits, history, gmm, evaluation)
+        run.save_metrics(config, evaluation.metrics)  # last: metrics.json marks a finished run
     return 0
 
 

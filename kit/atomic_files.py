@@ -72,9 +72,15 @@ def write_csv(path, rows):
 
 
 def read_csv(path):
-    """Rows of a file written by write_csv, numbers as floats and 'epoch' as int."""
+    """Rows of a file written by write_csv, numbers as floats and 'epoch' as int; ValueError (naming
+    the line) for a file that is not one: a row of another length, a cell that is no number."""
+    rows = []
     with open(path, newline="") as f:
-        rows = [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(f)]
-    for row in rows:
-        row["epoch"] = int(row["epoch"])
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            if None in row or None in row.values():
+                raise ValueError(f"line {line} has {'more' if None in row else 'fewer'} cells than the header")
+            row = {k: float(v) if v else None for k, v in row.items()}
+            if row.get("epoch") is None or not float(row["epoch"]).is_integer():
+                raise ValueError(f"line {line} has no whole epoch number")
+            rows.append({**row, "epoch": int(row["epoch"])})
     return rows

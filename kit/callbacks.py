@@ -3,6 +3,9 @@ import math
 import signal
 import sys
 import time
+import zipfile
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -153,14 +156,52 @@ def load_checkpoint(directory):
     state.json or the model file it names cannot be trusted."""
     state = read_json_object(Path(directory) / "state.json", "the checkpoint is damaged:")
     path = validate_state(state, directory)
-    try:
-        model = keras.models.load_model(path)
-    except Exception as err:  # a truncated or overwritten archive
-        raise DamagedRunError(f"the checkpoint in {directory} is damaged: cannot load {path.name} "
-                              f"({type(err).__name__}: {first_line(err)})") from None
+    model = load_model_file(path, lambda why: DamagedRunError(
+        f"the checkpoint in {directory} is damaged: cannot load {path.name} ({why})"))
     seed_state = sampling_layer(model).seed_generator.state
     seed_state.assign(np.asarray(state["sampling_seed_state"], dtype=seed_state.dtype))
     return model, state
+
+
+# What keras.models.load_model raises for a file that is no loadable model, as measured on Keras
+# 3.15: a cut archive or a missing member (ValueError, KeyError, BadZipFile, EOFError, zlib.error),
+# config.json that is not JSON or names no Keras object (ValueError), a damaged weights file (h5py's
+# OSError), weights of the wrong shapes (ValueError).
+UNLOADABLE_MODEL_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, ValueError, KeyError, OSError)
+# ... and an unknown custom class (TypeError: "Could not locate class 'X'"). Any other TypeError,
+# such as "... could not be deserialized properly" around a bug in a constructor, is a bug.
+UNKNOWN_OBJECT_MESSAGES = ("Could not locate class", "Could not locate function")
+
+
+def load_model_file(path, error):
+    """keras.models.load_model(path); for a file that is no loadable model, raises `error(why)`
+    (why: the exception's type and first line). Anything else, a programming error, propagates."""
+    try:
+        return keras.models.load_model(path)
+    except (*UNLOADABLE_MODEL_ERRORS, TypeError) as err:
+        if isinstance(err, TypeError) and not str(err).startswith(UNKNOWN_OBJECT_MESSAGES):
+            raise
+        raise error(f"{type(err).__name__}: {first_line(err)}") from None
+
+
+@contextmanager
+def stop_on_signal_at_once():
+    """Ctrl-C / SIGTERM raise TrainingStopped (130 / 143) at once, for work outside model.fit (the
+    evaluation): there is no step to finish first. The previous handlers are back afterwards."""
+    def handle(signum, frame):
+        restore()  # a second signal gets the default handling
+        raise TrainingStopped(f"interrupted by {signal.Signals(signum).name}",
+                              StopOnSignal.EXIT_CODES[signum])
+
+    def restore():
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    previous = {s: signal.signal(s, handle) for s in StopOnSignal.EXIT_CODES}
+    try:
+        yield
+    finally:
+        restore()
 
 
 def first_line(err, limit=200):

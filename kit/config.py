@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from kit.errors import DamagedRunError, UsageError
-from kit.guards import estimate_for, is_int, memory_problem, read_json_object
+from kit.guards import (GB, estimate_for, feature_cache_problem, folder_problem, is_int, memory_problem,
+                        physical_memory_bytes, read_json_object)
 from kit.model_options import ARCHITECTURES, GAUSSIAN_SIGMA_MODES, LIKELIHOODS
 
 DISTRIBUTE = ("none", "mirrored", "multiworker")
@@ -38,6 +39,16 @@ RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, validation_images=5000, i
 # What --resume may change: the rest is fixed by the checkpoint (weights, optimizer, data order).
 RESUMABLE = ("epochs", "iw_samples", "iwae_images", "fd_images", "gmm_components",
              "refresh_feature_net", "tensorboard", "data_dir", "outdir", "resume")
+# What --eval-only honours: the model file fixes the model, and nothing is trained (the validation
+# images are still held out of the training images that the latent GMM is fitted to).
+EVAL_ONLY_OPTIONS = ("eval_only", "seed", "outdir", "data_dir", "limit", "validation_images",
+                     "iw_samples", "iwae_images", "fd_images", "gmm_components", "refresh_feature_net")
+
+GMM_FIT_IMAGES = 20_000  # posterior means the latent GMM is fitted to: enough for 10 components
+FD_MIN_IMAGES = 2  # a covariance of the features needs at least two images per set
+INT64_MAX = 2 ** 63 - 1  # TensorFlow's counters and shapes are int64
+SEED_MAX = 2 ** 32 - 1  # NumPy's global seed, which keras.utils.set_random_seed sets, takes 0 .. 2**32 - 1
+FLOAT32_MAX = 3.4028234663852886e38  # beta and the learning rate live in float32 variables
 
 
 @dataclass(frozen=True)
@@ -202,8 +213,14 @@ def parse_config(spec, argv=None):
                 "preset": preset}
     values = {**defaults, **explicit}
     if values["resume"]:
-        saved = saved_options(values["outdir"], explicit)
-        problem = value_problem({**defaults, **saved}, spec)
+        problem = outdir_problem(values["outdir"])
+        if problem:
+            raise UsageError(problem)
+        saved = saved_options(values["outdir"], explicit, spec)
+        # What may change on resume is checked as given (a run stopped by its --gmm-components
+        # resumes with a smaller one); the rest as saved.
+        changes = {name: value for name, value in explicit.items() if name in RESUMABLE}
+        problem = value_problem({**defaults, **saved, **changes}, spec)
         if problem:
             raise DamagedRunError(f"the checkpoint in {values['outdir']} is damaged: config.json: "
                                   f"{problem}")
@@ -215,13 +232,21 @@ def parse_config(spec, argv=None):
     return config
 
 
-def saved_options(outdir, explicit):
-    """The interrupted run's options from its config.json, refusing explicit options that would
-    contradict the checkpoint (it fixes the model, optimizer and data order)."""
+def saved_options(outdir, explicit, spec):
+    """The interrupted run's options from its config.json, refusing a run of another data set and
+    explicit options that would contradict the checkpoint (it fixes the model, optimizer and data
+    order)."""
     path = Path(outdir) / "config.json"
     if not (Path(outdir) / "checkpoint").is_dir():
         return {}  # find_problem reports the missing checkpoint
     saved = read_json_object(path, "the checkpoint is damaged:")
+    dataset = saved.get("dataset", spec.name)
+    if not isinstance(dataset, str):
+        raise DamagedRunError(f"the checkpoint in {outdir} is damaged: config.json: dataset is "
+                              f"{dataset!r}, not a string")
+    if dataset != spec.name:
+        raise UsageError(f"--resume: {outdir} holds another data set's run ({dataset}, not "
+                         f"{spec.name}); resume it with vae_{dataset}.py")
     saved = {k: v for k, v in saved.items()
              if k in FIELD_TYPES and k not in ("dataset", "explicit", "resume", "eval_only", "outdir")}
     for name, value in saved.items():
@@ -268,15 +293,38 @@ def value_problem(v, spec):
             return f"{option(name)} must be > 0, got {v[name]}"
     if v["limit"] is not None and v["limit"] <= 0:
         return f"--limit must be > 0, got {v['limit']}"
-    if not math.isfinite(v["beta"]) or v["beta"] < 0:
+    for name in ("beta", "lr"):
+        if not math.isfinite(v[name]) or v[name] > FLOAT32_MAX:
+            return f"{option(name)} must be a finite number{' >= 0' if name == 'beta' else ' > 0'} " \
+                   f"(at most {FLOAT32_MAX:.4g}, float32), got {v[name]}"
+    if v["beta"] < 0:
         return f"--beta must be a finite number >= 0, got {v['beta']}"
-    if not math.isfinite(v["lr"]) or v["lr"] <= 0:
+    if v["lr"] <= 0:
         return f"--lr must be a finite number > 0, got {v['lr']}"
     if v["gmm_components"] <= 0:
         return f"--gmm-components must be > 0, got {v['gmm_components']}"
     for name in ("iw_samples", "kl_warmup", "fd_images", "validation_images"):
         if v[name] < 0:
             return f"{option(name)} must be >= 0, got {v[name]}"
+    for name, kind in FIELD_TYPES.items():
+        if kind in (int, Optional[int]) and v.get(name) is not None and v[name] > INT64_MAX:
+            return f"{option(name)} must be at most 2**63 - 1, got {v[name]}"
+        if kind is list and any(width > INT64_MAX for width in v[name]):
+            return f"{option(name)}: widths must be at most 2**63 - 1, got {shown(v[name])}"
+    if not 0 <= v["seed"] <= SEED_MAX:
+        return f"--seed must be in 0 .. 2**32 - 1 (NumPy's seed range), got {v['seed']}"
+    if 0 < v["fd_images"] < FD_MIN_IMAGES:
+        return (f"--fd-images must be 0 (off) or at least {FD_MIN_IMAGES}: a Fréchet distance needs "
+                f"the covariance of {FD_MIN_IMAGES} or more images, got {v['fd_images']}")
+    if v["gmm_components"] > GMM_FIT_IMAGES:
+        return (f"--gmm-components must be at most {GMM_FIT_IMAGES:,}, the posterior means the GMM is "
+                f"fitted to, got {v['gmm_components']}")
+    if v["limit"] is not None and v["limit"] < v["gmm_components"]:
+        return (f"--limit {v['limit']} is below --gmm-components {v['gmm_components']}: the GMM is "
+                f"fitted to the training images' posterior means, one or more per component")
+    if v["limit"] is not None and v["fd_images"] and v["limit"] < FD_MIN_IMAGES:
+        return (f"--limit {v['limit']} leaves too few training images for the Fréchet distance "
+                f"(at least {FD_MIN_IMAGES}); raise it or pass --fd-images 0")
     for name, choices in (("likelihood", LIKELIHOODS), ("gaussian_sigma", GAUSSIAN_SIGMA_MODES),
                           ("arch", ARCHITECTURES), ("lr_schedule", LR_SCHEDULES),
                           ("distribute", DISTRIBUTE), ("preset", tuple(spec.presets))):
@@ -292,38 +340,88 @@ def value_problem(v, spec):
     return None
 
 
+def gmm_memory_problem(c, fraction=0.5):
+    """None, or one line when fitting the latent GMM (full covariances, scikit-learn, float64)
+    would need more than `fraction` of this machine's memory: 4 arrays of K x L x L (covariances,
+    precisions, their Cholesky factors, a working copy) and 6 of N x K (k-means distances, log
+    probabilities, responsibilities). Measured: 139 MB for K 200, L 128, N 5,000 (estimate 158);
+    996 MB for K 2,000, L 32, N 10,000 (estimate 1,027)."""
+    images = min(c.limit or GMM_FIT_IMAGES, GMM_FIT_IMAGES)
+    k, latent = c.gmm_components, c.latent_dim
+    needed = 8 * (4 * k * latent * latent + 6 * images * k + images * latent)
+    physical = physical_memory_bytes()
+    if needed <= fraction * physical:
+        return None
+    return (f"--gmm-components {k} at --latent-dim {latent} needs about {needed / GB:.1f} GB to fit the "
+            f"latent GMM, more than half of this machine's {physical / GB:.1f} GB of memory; use fewer "
+            f"components")
+
+
+def eval_only_problem(c):
+    """None, or the first explicit option that --eval-only cannot honour (it trains nothing)."""
+    unhonoured = sorted(c.explicit - set(EVAL_ONLY_OPTIONS) - {"resume"})
+    if not unhonoured:
+        return None
+    return (f"{option(unhonoured[0])} cannot be used with --eval-only: the model file fixes the model "
+            f"and nothing is trained (with --eval-only only "
+            f"{', '.join(option(n) for n in EVAL_ONLY_OPTIONS[1:])} apply)")
+
+
 def find_problem(c, spec):
     """The first thing wrong with a config, as a message, or None."""
-    problem = value_problem(c.to_dict(), spec) or memory_problem(estimate_for(c, spec.image_shape))
+    problem = (value_problem(c.to_dict(), spec) or memory_problem(estimate_for(c, spec.image_shape))
+               or gmm_memory_problem(c))
     if problem:
         return problem
     if c.eval_only and c.resume:
         return "--eval-only and --resume cannot be used together"
-    if c.eval_only and not Path(c.eval_only).is_file():
+    problem = outdir_problem(c.outdir)  # first: a name too long to look up fails every later check
+    if problem:
+        return problem
+    if c.eval_only and not os.path.isfile(c.eval_only):
         return f"--eval-only: no model file at {c.eval_only}"
     if c.eval_only and not c.eval_only.endswith(".keras"):
         return f"--eval-only expects a .keras file, got {c.eval_only}"
     if c.eval_only and not zipfile.is_zipfile(c.eval_only):
         size = Path(c.eval_only).stat().st_size
         return f"--eval-only: {c.eval_only} is not a .keras archive ({size} bytes{', empty' if not size else ''})"
+    if c.eval_only and eval_only_problem(c):
+        return eval_only_problem(c)
     if c.tensorboard and (Path(c.outdir) / "tensorboard").exists() \
             and not (Path(c.outdir) / "tensorboard").is_dir():
         return f"--tensorboard: {Path(c.outdir) / 'tensorboard'} exists and is not a folder"
-    if c.data_dir is not None and not Path(c.data_dir).is_dir():
+    if c.data_dir is not None and not os.path.isdir(c.data_dir):  # False, not OSError, for a bad name
         return f"--data-dir: {c.data_dir} is not a folder"
     if c.distribute == "multiworker" and not os.environ.get("TF_CONFIG"):
         return "--distribute multiworker needs the TF_CONFIG environment variable (see README, Scaling out)"
     if c.resume and not (Path(c.outdir) / "checkpoint" / "state.json").is_file():
         return f"--resume: no checkpoint in {c.outdir}/checkpoint (train without --resume first)"
-    return outdir_problem(c.outdir)
+    if c.fd_images:
+        return feature_cache_problem(spec.name, c.refresh_feature_net)
+    return None
 
 
 def outdir_problem(outdir):
     """None if outdir is a writable folder or can be made one, else why not (creates nothing)."""
-    path = Path(outdir).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        return f"--outdir {outdir} cannot be written: {existing} is not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"--outdir {outdir} cannot be written: permission denied on {existing}"
+    problem = folder_problem(outdir)
+    return f"--outdir {outdir} cannot be written: {problem}" if problem else None
+
+
+def data_problem(c, train_images, test_images):
+    """What the loaded data is too small for (checked before training), as a message, or None."""
+    if train_images < c.gmm_components:
+        return (f"--gmm-components {c.gmm_components} needs as many training images, the data has "
+                f"{train_images}")
+    if c.fd_images and min(train_images, test_images) < FD_MIN_IMAGES:
+        return (f"--fd-images: a Fréchet distance needs at least {FD_MIN_IMAGES} training and test "
+                f"images, the data has {train_images} and {test_images}; pass --fd-images 0")
+    steps = -(-train_images // c.batch_size)
+    if c.eval_only is None and c.steps_per_execution > steps:
+        return (f"--steps-per-execution {c.steps_per_execution} is more than the {steps} steps of an "
+                f"epoch ({train_images} images, --batch-size {c.batch_size})")
+    if c.eval_only is None and steps % c.steps_per_execution:
+        # Keras would run the last call's steps on into the next epoch's batches
+        return (f"--steps-per-execution {c.steps_per_execution} must divide the {steps} steps of an "
+                f"epoch ({train_images} images, --batch-size {c.batch_size}), or Keras carries steps "
+                f"over into the next epoch")
     return None

@@ -9,6 +9,8 @@ import hashlib
 import os
 import pickle
 import struct
+import tarfile
+import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,6 +60,16 @@ CIFAR10_MD5 = {
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
 IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x00000803 and 0x00000801
+
+# What a failed download raises: network and file errors (urllib's URLError and HTTPError are
+# OSErrors), get_file's ValueError for a bad hash, a cut or damaged archive. Keras' get_file turns
+# URLError and HTTPError into a bare Exception("URL fetch failure ..."): see is_download_error.
+DOWNLOAD_ERRORS = (OSError, ValueError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error)
+
+
+def is_download_error(err):
+    """Does an exception of keras.datasets.*.load_data mean the download failed (not a bug)?"""
+    return isinstance(err, DOWNLOAD_ERRORS) or type(err) is Exception
 
 
 @dataclass
@@ -149,6 +161,8 @@ def read_fashion_mnist_dir(directory):
         if len(labels) != len(arrays[split, "images"]):
             raise DataError(f"{directory}: {split} split has {len(arrays[split, 'images'])} images "
                             f"but {len(labels)} labels")
+        if not len(labels):
+            raise DataError(f"{directory}: the {split} split holds no images")
         if labels.max() > 9:
             raise DataError(f"{directory}: {split} labels out of range 0-9 (max {labels.max()})")
     images = {s: arrays[s, "images"][..., None].astype(np.float32) / 255.0 for s in ("train", "test")}
@@ -173,10 +187,12 @@ def load_fashion_mnist(data_dir=None):
     for directory in candidates:
         if has_fashion_mnist_files(directory):
             return read_fashion_mnist_dir(directory)
+    import keras  # outside the try: a broken installation is no failed download
     try:
-        import keras
         keras.datasets.fashion_mnist.load_data()  # downloads into the Keras cache
-    except Exception as err:  # any download failure ends in the same advice
+    except Exception as err:  # as broad as get_file's bare Exception; anything else is re-raised
+        if not is_download_error(err):
+            raise
         raise DataError(
             f"Fashion-MNIST not found in {', '.join(map(str, candidates))} and the download "
             f"failed ({type(err).__name__}: {err}). Provide the four official .gz files with "
@@ -211,10 +227,12 @@ def cifar_labels(labels, n_images, path):
     """
     try:
         labels = np.asarray(labels)
-    except Exception as err:  # ragged nested lists and the like
+    except ValueError as err:  # ragged nested lists ("inhomogeneous shape")
         raise DataError(f"{path}: b'labels' is not a list of integers ({type(err).__name__}: {err})") from None
     if labels.ndim != 1:
         raise DataError(f"{path}: b'labels' must be a flat list of integers, got shape {labels.shape}")
+    if not labels.size and not n_images:  # [] is float64 to NumPy; read_cifar10_dir reports it
+        return labels.astype(np.int64)
     if labels.dtype.kind not in "iu":
         kind = "string" if labels.dtype.kind in "US" else labels.dtype.name
         raise DataError(f"{path}: labels must be integers 0-9, got {kind} values "
@@ -226,6 +244,15 @@ def cifar_labels(labels, n_images, path):
     return labels.astype(np.int64)
 
 
+# What unpickling a damaged or crafted file can raise (the pickle module documents UnpicklingError,
+# EOFError, AttributeError, ImportError and IndexError); TypeError and ValueError come from the few
+# constructors RestrictedUnpickler allows (numpy's _reconstruct, ndarray.__setstate__, _codecs.encode)
+# called with bad arguments, RecursionError from nesting. Only the file decides these: the
+# unpickler's own code is find_class.
+UNPICKLING_ERRORS = (pickle.UnpicklingError, EOFError, AttributeError, ImportError, LookupError,
+                     TypeError, ValueError, OverflowError, RecursionError)
+
+
 def read_cifar_batch(path):
     """(images uint8 (N, 32, 32, 3), labels int64 (N,)) from one pickled batch, validated."""
     try:
@@ -233,7 +260,9 @@ def read_cifar_batch(path):
             batch = RestrictedUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except Exception as err:  # UnpicklingError, EOFError, ValueError... all mean a bad file
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
+    except UNPICKLING_ERRORS as err:
         raise DataError(f"{path}: not a valid CIFAR-10 batch ({type(err).__name__}: {err})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError(f"{path}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
@@ -271,6 +300,9 @@ def read_cifar10_dir(directory):
     x_train = np.concatenate([parts[n][0] for n in CIFAR10_TRAIN_FILES])
     y_train = np.concatenate([parts[n][1] for n in CIFAR10_TRAIN_FILES])
     x_test, y_test = parts[CIFAR10_TEST_FILE]
+    for split, images in (("train", x_train), ("test", x_test)):
+        if not len(images):
+            raise DataError(f"{directory}: the {split} split holds no images")
     return Splits(x_train.astype(np.float32) / 255.0, y_train, x_test.astype(np.float32) / 255.0,
                   y_test, source=str(directory), class_names=CIFAR10_CLASSES,
                   warnings=warnings, sha256=sha256)
@@ -291,10 +323,12 @@ def load_cifar10(data_dir=None):
         found = find_cifar_dir(directory)
         if found is not None:
             return read_cifar10_dir(found)
+    import keras  # outside the try: a broken installation is no failed download
     try:
-        import keras
         keras.datasets.cifar10.load_data()
-    except Exception as err:
+    except Exception as err:  # as broad as get_file's bare Exception; anything else is re-raised
+        if not is_download_error(err):
+            raise
         raise DataError(
             f"CIFAR-10 not found in {', '.join(str(c / 'cifar-10-batches-py') for c in candidates)} "
             f"and the download failed ({type(err).__name__}: {err}). Provide the official "

@@ -114,6 +114,64 @@ def claim_outdir(outdir):
     atexit.register(release)
 
 
+# --- folders that must be made or written -------------------------------------------------------
+
+# Room for the longest name the kit writes inside a folder (checkpoint/.ckpt-epochNNNN.tmpPID.keras).
+LONGEST_NAME_INSIDE = 64
+
+
+def _lexists(path):
+    """Whether `path` exists (a link counts, even a broken one); False for a name too long to ask."""
+    try:
+        os.lstat(path)
+        return True
+    except OSError:
+        return False
+
+
+def folder_problem(folder):
+    """None if `folder` is a writable folder or can be made one, else why not (one clause).
+
+    Creates nothing: checks the nearest existing ancestor, the length of every name still to be
+    made (NAME_MAX) and of the whole path (PATH_MAX), and write permission.
+    """
+    path = Path(folder).absolute()
+    existing = next(p for p in (path, *path.parents) if _lexists(p))
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    name_max = os.pathconf(existing, "PC_NAME_MAX")
+    for part in path.relative_to(existing).parts:
+        if len(os.fsencode(part)) > name_max:
+            return (f"the name {part[:20]}... is {len(os.fsencode(part))} bytes long, more than the "
+                    f"{name_max} its file system allows")
+    path_max = os.pathconf(existing, "PC_PATH_MAX")
+    if len(os.fsencode(str(path))) + LONGEST_NAME_INSIDE > path_max:
+        return (f"the path is {len(os.fsencode(str(path)))} bytes long; files inside it would pass "
+                f"the {path_max} bytes its file system allows")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"permission denied on {existing}"
+    return None
+
+
+def feature_cache_root():
+    """Where feature networks are cached: $VAE_KIT_CACHE/feature-nets, else ~/.cache/vae-kit/feature-nets."""
+    root = os.environ.get("VAE_KIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vae-kit")
+    return Path(root) / "feature-nets"
+
+
+def feature_cache_problem(dataset, refresh):
+    """None if the data set's feature-network cache can be used: read when a network is cached and
+    not to be refreshed, else written. Otherwise why not, naming the folder and VAE_KIT_CACHE."""
+    folder = feature_cache_root() / dataset
+    if not refresh and _lexists(folder / "info.json") and folder.is_dir():
+        return None  # only read; whether it fits the data is checked once the data is loaded
+    problem = folder_problem(folder)
+    if problem:
+        return (f"the feature network of the Fréchet distance cannot be cached in {folder}: {problem} "
+                f"(set VAE_KIT_CACHE to a writable folder, or pass --fd-images 0)")
+    return None
+
+
 # --- will the model fit in memory ---------------------------------------------------------------
 
 def conv_output_size(size, stride=2):

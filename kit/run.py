@@ -1,6 +1,8 @@
 """The steps of a run that the scripts call by name: runtime, data, resume, batches, callbacks,
 evaluation and pictures. The training loop itself (`model.fit`) stays in the scripts."""
+import csv
 import hashlib
+import json
 import math
 import resource
 import sys
@@ -16,16 +18,15 @@ import tensorflow as tf
 import common  # noqa: F401  (registers the model classes for keras.models.load_model)
 from kit.atomic_files import atomic_path, read_csv, write_json
 from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, StopOnNonFinite,
-                           StopOnSignal, first_line, load_checkpoint)
+                           StopOnSignal, first_line, load_checkpoint, load_model_file,
+                           stop_on_signal_at_once)
+from kit.config import GMM_FIT_IMAGES, data_problem
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
-from kit.guards import estimate_for, free_space_warning, is_chief
+from kit.guards import estimate_for, free_space_warning, is_chief, is_int
 from kit import sample_quality
 from kit.evaluate import EVAL_BATCH, compute_metrics, decode_images, posterior_means, to_uint8
 from kit.pictures import format_metrics, write_loss_curves, write_pictures
 from kit.pipeline import shuffled_batches
-
-
-GMM_FIT_IMAGES = 20_000  # posterior means the latent GMM is fitted to: enough for 10 components
 
 
 # --- runtime ------------------------------------------------------------------------------------
@@ -92,7 +93,15 @@ def load_data(config, spec):
           f"(held out of the training split) / {len(splits.x_test)} test images")
     if config.fd_images and not config.refresh_feature_net:
         sample_quality.check_feature_cache(spec.name, sample_quality.files_checksum(splits.sha256))
+    refuse_data_too_small(config, splits)
     return splits
+
+
+def refuse_data_too_small(config, splits):
+    """UsageError now, before training, for options the loaded data is too small for."""
+    problem = data_problem(config, len(splits.x_train), len(splits.x_test))
+    if problem:
+        raise UsageError(problem)
 
 
 def data_title(spec, splits):
@@ -153,27 +162,43 @@ def adam(config, steps_per_epoch):
 
 
 def resume_from_checkpoint(config, spec):
-    """(model with its optimizer state, history so far) from the checkpoint in outdir."""
+    """(model with its optimizer state, history so far) from the checkpoint in outdir. A run whose
+    training is done but whose evaluation never finished resumes to finish it (fit runs no epoch)."""
     model, state = load_checkpoint(Path(config.outdir) / "checkpoint")
     check_model_matches(model, config, spec, f"the checkpoint in {config.outdir}")
     for name in ("latent_dim", "likelihood"):  # config.json must describe the checkpoint's model
         if getattr(model, name) != getattr(config, name):
             raise DamagedRunError(f"the checkpoint in {config.outdir} is damaged: config.json says "
                                   f"{name} {getattr(config, name)}, its model has {getattr(model, name)}")
-    if state["epoch"] >= config.epochs:
-        raise UsageError(f"the checkpoint is already at epoch {state['epoch']}; "
+    epoch = state["epoch"]
+    if evaluated_epoch(config.outdir) == epoch >= config.epochs:
+        raise UsageError(f"the checkpoint is already at epoch {epoch} and its run is finished; "
                          f"pass --epochs larger than that to train on")
-    print(f"Resuming from epoch {state['epoch']} of {config.outdir}")
+    if epoch > config.epochs:
+        raise UsageError(f"the checkpoint is already at epoch {epoch}; pass --epochs {epoch} to "
+                         f"finish its evaluation, or larger than that to train on")
+    if epoch == config.epochs:
+        print(f"Training of {config.outdir} is done (epoch {state['epoch']}): finishing its evaluation")
+    else:
+        print(f"Resuming from epoch {state['epoch']} of {config.outdir}")
     return model, list(state["history"])
+
+
+def evaluated_epoch(outdir):
+    """The epoch whose evaluation outdir's metrics.json holds (written last, so that run finished),
+    or None when there is none to read."""
+    try:
+        metrics = json.loads((Path(outdir) / "metrics.json").read_text())
+    except (OSError, ValueError, RecursionError):  # missing, unreadable, not JSON
+        return None
+    epochs = metrics.get("epochs") if isinstance(metrics, dict) else None
+    return epochs if is_int(epochs) else None
 
 
 def load_saved_model(config, spec):
     """The --eval-only .keras VAE, checked to fit this data set."""
     path = config.eval_only
-    try:
-        model = keras.models.load_model(path)
-    except Exception as err:  # a zip that is no Keras model, a missing custom object, ...
-        raise UsageError(f"cannot load {path} as a VAE: {type(err).__name__}: {first_line(err)}") from None
+    model = load_model_file(path, lambda why: UsageError(f"cannot load {path} as a VAE: {why}"))
     if not hasattr(model, "encode") or not hasattr(model, "image_shape"):
         raise UsageError(f"{path} is a Keras model, but not one of this kit's VAEs")
     check_model_matches(model, config, spec, str(path))
@@ -181,12 +206,10 @@ def load_saved_model(config, spec):
 
 
 def check_model_matches(model, config, spec, what):
+    """UsageError for a model of another data set (--eval-only refuses model options before this)."""
     if model.image_shape != tuple(spec.image_shape) or model.dataset not in (None, spec.name):
         raise UsageError(f"{what} was trained on {model.dataset} {model.image_shape} images, "
                          f"not {spec.name} {tuple(spec.image_shape)}")
-    if "latent_dim" in config.explicit and config.latent_dim != model.latent_dim:
-        raise UsageError(f"--latent-dim {config.latent_dim} does not match {what} "
-                         f"(latent dim {model.latent_dim})")
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -252,6 +275,23 @@ def resume_hint_on_stop(config, history):
         raise
 
 
+@contextmanager
+def finish_hint_on_stop(config, history):
+    """Ctrl-C / SIGTERM (or a failed write) during the evaluation stop it at once, saying how to
+    finish it: --resume of a trained run, the same command again for --eval-only."""
+    try:
+        with stop_on_signal_at_once():
+            yield
+    except (TrainingStopped, WriteError) as stop:
+        if config.eval_only:
+            stop.hint = "metrics.json was not written; run the same --eval-only command again"
+        else:
+            stop.hint = (f"training is done ({len(history)} epoch(s) saved in {config.outdir}), the "
+                         f"evaluation is not. Finish it with:\n"
+                         f"  python {Path(sys.argv[0]).name} --resume --outdir {config.outdir}")
+        raise
+
+
 def save_model(model, config):
     with atomic_path(Path(config.outdir) / "model.keras") as tmp:
         model.save(tmp)
@@ -278,9 +318,10 @@ class Evaluation:
 
 
 def evaluate(model, config, spec, splits, history, gmm):
-    """metrics.json (test −ELBO, IWAE, bits/dim, Fréchet distances, ...) on the test split, the
-    only time a run touches it; printed as a table. Returns an Evaluation."""
-    print(f"\nEvaluating on {len(splits.x_test)} test images ...")
+    """The metrics (test −ELBO, IWAE, bits/dim, Fréchet distances, ...) on the test split, the only
+    time a run touches it, printed as a table; save_metrics writes them to metrics.json once the
+    pictures are drawn. Returns an Evaluation."""
+    print(f"\nEvaluating on {len(splits.x_test)} test images ...", flush=True)
     metrics = {}
     if config.fd_images:
         full = splits.full or splits
@@ -298,14 +339,24 @@ def evaluate(model, config, spec, splits, history, gmm):
         metrics.update(sample_quality.sample_quality_metrics(
             model, features, splits.x_train, splits.x_test, gmm, config.fd_images, config.seed,
             reconstructions=reconstructions))
+    seconds = [row.get("epoch_seconds") for row in history]
     metrics.update(eval_seconds=time.perf_counter() - start, dataset=spec.name,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    data_source=splits.source, data_warnings=splits.warnings,
                    epochs=history[-1]["epoch"] if history else None,
-                   train_seconds=sum(r["epoch_seconds"] for r in history) if history else None)
-    write_json(Path(config.outdir) / "metrics.json", metrics)
+                   train_seconds=sum(seconds) if seconds and None not in seconds else None)
     print(format_metrics(metrics))
     return Evaluation(metrics, z_test, reconstructions)
+
+
+def save_metrics(config, metrics):
+    """metrics.json, written last: a run folder that has it holds a finished run. Lists the outputs."""
+    outdir = Path(config.outdir)
+    write_json(outdir / "metrics.json", metrics)
+    print(f"\nOutputs written to {outdir}/:")
+    for path in sorted(outdir.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            print(f"  {path.name}")
 
 
 def draw_pictures(model, config, spec, splits, history, gmm, evaluation):
@@ -319,19 +370,34 @@ def draw_pictures(model, config, spec, splits, history, gmm, evaluation):
     write_pictures(model, splits, outdir, f"{title}{epoch_note}, latent dim {model.latent_dim}",
                    gmm, seed=config.seed, z_test=evaluation.z_test,
                    reconstructions=evaluation.reconstructions)
-    print(f"\nOutputs written to {outdir}/:")
-    for path in sorted(outdir.iterdir()):
-        if path.is_file() and not path.name.startswith("."):
-            print(f"  {path.name}")
+
+
+def read_history(path):
+    """The rows of a saved run's history.csv; [] with a warning when it is missing or damaged
+    (then the loss curves are skipped, not the evaluation)."""
+    if not Path(path).is_file():
+        return []
+    try:
+        rows = read_csv(path)
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as err:
+        print(f"warning: {path} cannot be read ({first_line(err)}); the loss curves are skipped",
+              file=sys.stderr)
+        return []
+    if [row["epoch"] for row in rows] != list(range(1, len(rows) + 1)):
+        print(f"warning: {path} does not list epochs 1, 2, ... in order; the loss curves are skipped",
+              file=sys.stderr)
+        return []
+    return rows
 
 
 def evaluate_saved_model(config, spec):
     """--eval-only: the saved model's metrics and pictures (and its run's loss curves)."""
     model = load_saved_model(config, spec)
     splits = load_data(config, spec)
-    history_path = Path(config.eval_only).parent / "history.csv"
-    history = read_csv(history_path) if history_path.is_file() else []
-    gmm = fit_latent_gmm(model, config, splits)
-    evaluation = evaluate(model, config, spec, splits, history, gmm)
-    draw_pictures(model, config, spec, splits, history, gmm, evaluation)
+    history = read_history(Path(config.eval_only).parent / "history.csv")
+    with finish_hint_on_stop(config, history):
+        gmm = fit_latent_gmm(model, config, splits)
+        evaluation = evaluate(model, config, spec, splits, history, gmm)
+        draw_pictures(model, config, spec, splits, history, gmm, evaluation)
+        save_metrics(config, evaluation.metrics)
     return 0

@@ -8,7 +8,6 @@ else $VAE_KIT_CACHE/feature-nets, else ~/.cache/vae-kit/feature-nets.
 """
 import hashlib
 import json
-import os
 import re
 import time
 import warnings
@@ -24,6 +23,7 @@ from sklearn.mixture import GaussianMixture
 
 from kit.atomic_files import atomic_path, write_json
 from kit.errors import UsageError
+from kit.guards import feature_cache_root
 from kit.pipeline import shuffled_batches
 
 FEATURE_NET_VERSION = 1  # bump when the architecture or training changes: old caches are refused
@@ -71,10 +71,7 @@ def files_checksum(sha256_by_file):
 def feature_cache_dir(cache_dir=None):
     """The folder holding one subfolder per data set: cache_dir, else $VAE_KIT_CACHE/feature-nets,
     else ~/.cache/vae-kit/feature-nets."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    root = os.environ.get("VAE_KIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vae-kit")
-    return Path(root) / "feature-nets"
+    return Path(cache_dir) if cache_dir is not None else feature_cache_root()
 
 
 def file_sha256(path):
@@ -131,26 +128,23 @@ def save_cached_feature_net(folder, model, info):
 
 
 def check_feature_cache(dataset_name, data_checksum, cache_dir=None):
-    """FeatureNetError now, before any training, if the cached network was made from other data."""
-    info_path = feature_cache_dir(cache_dir) / dataset_name / INFO_FILE
-    try:
-        cached = json.loads(info_path.read_text()).get("data_checksum")
-    except (OSError, ValueError, AttributeError):
-        return  # none yet, or unreadable: feature_network reports that when it gets there
-    if cached != data_checksum:
-        raise FeatureNetError(
-            f"the feature network cached in {info_path.parent} was trained on other data (checksum "
-            f"{str(cached)[:12]}..., this data {data_checksum[:12]}...); pass --refresh-feature-net "
-            f"to retrain it, or delete {info_path.parent}")
+    """FeatureNetError now, before any training, if a cached network exists but cannot be used:
+    made from other data, by another version, damaged or unreadable."""
+    folder = feature_cache_dir(cache_dir) / dataset_name
+    if (folder / INFO_FILE).exists():
+        cached_feature_net_info(folder, data_checksum)
 
 
-def load_cached_feature_net(folder, checksum):
-    """(classifier, info) from a cache folder, after checking it belongs to data `checksum`."""
+def cached_feature_net_info(folder, checksum):
+    """The cache's info.json after checking it belongs to data `checksum`, to this kit's version
+    and to the network file beside it; FeatureNetError (with the way out) otherwise."""
     advice = f"pass --refresh-feature-net to retrain it, or delete {folder}"
     try:
         info = json.loads((folder / INFO_FILE).read_text())
     except (OSError, ValueError) as err:
         raise FeatureNetError(f"{folder / INFO_FILE} is unreadable ({err}); {advice}") from None
+    if not isinstance(info, dict):
+        raise FeatureNetError(f"{folder / INFO_FILE} holds no JSON object; {advice}")
     if info.get("data_checksum") != checksum:
         raise FeatureNetError(
             f"the feature network cached in {folder} was trained on other data (checksum "
@@ -159,10 +153,16 @@ def load_cached_feature_net(folder, checksum):
         raise FeatureNetError(f"the feature network cached in {folder} is version "
                               f"{info.get('net_version')}, this kit builds {FEATURE_NET_VERSION}; {advice}")
     path = folder / FEATURE_NET_FILE
-    if not path.exists() or file_sha256(path) != info.get("feature_net_sha256"):
+    if not path.is_file() or file_sha256(path) != info.get("feature_net_sha256"):
         raise FeatureNetError(f"{path} is missing or does not match {INFO_FILE} "
                               f"(an interrupted training?); {advice}")
-    return keras.models.load_model(path, compile=False), info
+    return info
+
+
+def load_cached_feature_net(folder, checksum):
+    """(classifier, info) from a cache folder, after checking it (cached_feature_net_info)."""
+    info = cached_feature_net_info(folder, checksum)
+    return keras.models.load_model(folder / FEATURE_NET_FILE, compile=False), info
 
 
 def feature_extractor(classifier):

@@ -112,6 +112,13 @@ def test_metrics_use_beta_one_and_expose_consistent_numbers(tiny_model):
     assert again == metrics  # fixed seed, same numbers
 
 
+def test_iwae_images_beyond_the_test_split_use_all_of_it(tiny_model):
+    x = images(8, seed=3)
+    metrics = compute_metrics(tiny_model, x, iw_samples=4, iwae_images=10 ** 30, seed=0, lossless_codecs=False)
+    assert metrics["iwae_images"] == 8
+    assert metrics["test_neg_elbo_on_iwae_images"] == pytest.approx(metrics["test_neg_elbo"])
+
+
 def test_bce_floor_matches_a_hand_computation():
     x = np.array([[0.5, 0.0, 1.0, 0.25], [0.0, 0.0, 1.0, 1.0]], np.float32)
     h = lambda p: -(p * math.log(p) + (1 - p) * math.log(1 - p))  # noqa: E731

@@ -55,6 +55,7 @@ def test_uniform_density_gives_exactly_eight_bits_per_dim():
     metrics = compute_metrics(model, sample_images(), iw_samples=5, iwae_images=4, lossless_codecs=False)
     assert metrics["bits_per_dim_8bit"] == pytest.approx(8.0, abs=1e-5)
     assert metrics["iwae_bits_per_dim_8bit"] == pytest.approx(8.0, abs=1e-5)
+    assert metrics["bits_per_dim_8bit_on_iwae_images"] == pytest.approx(8.0, abs=1e-5)
 
 
 def test_gaussian_bits_per_dim_matches_a_hand_computation_on_dequantized_data():
@@ -69,6 +70,9 @@ def test_gaussian_bits_per_dim_matches_a_hand_computation_on_dequantized_data():
                  axis=(1, 2, 3))
     assert metrics["bits_per_dim_8bit"] == pytest.approx(nll.mean() / (DIMS * math.log(2)) + 8, rel=1e-5)
     assert metrics["iwae_bits_per_dim_8bit"] == pytest.approx(nll[:5].mean() / (DIMS * math.log(2)) + 8, rel=1e-5)
+    # q(z|x) = p(z) and a constant decoder: the −ELBO of the same 5 images is the same number
+    assert metrics["bits_per_dim_8bit_on_iwae_images"] == pytest.approx(nll[:5].mean() / (DIMS * math.log(2)) + 8,
+                                                                       rel=1e-5)
     assert metrics["gaussian_sigma"] == pytest.approx(math.exp(log_sigma), rel=1e-6)
     # Quality numbers of the constant reconstruction, by hand.
     err = (x.astype(np.float64) - mean) ** 2
@@ -92,6 +96,8 @@ def test_discretized_logistic_bits_per_dim_is_the_nll_of_the_levels():
     nll = -np.log(upper - lower).sum(axis=(1, 2, 3))
     assert metrics["bits_per_dim_8bit"] == pytest.approx(nll.mean() / (DIMS * math.log(2)), rel=1e-5)
     assert metrics["iwae_bits_per_dim_8bit"] == pytest.approx(nll[:6].mean() / (DIMS * math.log(2)), rel=1e-5)
+    assert metrics["bits_per_dim_8bit_on_iwae_images"] == pytest.approx(nll[:6].mean() / (DIMS * math.log(2)),
+                                                                       rel=1e-5)
     assert metrics["bits_per_dim_8bit"] == pytest.approx(metrics["test_neg_elbo_bits_per_dim"])
     assert metrics["gaussian_sigma"] is None
 
@@ -101,9 +107,11 @@ def test_mixture_reports_8bit_numbers_and_bernoulli_reports_none():
     metrics = compute_metrics(mixture, sample_images(), iw_samples=0, iwae_images=0, lossless_codecs=False)
     assert metrics["bits_per_dim_8bit"] == pytest.approx(metrics["test_neg_elbo_bits_per_dim"])
     assert metrics["iwae_bits_per_dim_8bit"] is None  # no IWAE asked for
+    assert metrics["bits_per_dim_8bit_on_iwae_images"] is None
     bernoulli = constant_model("bernoulli", [0.0, 0.0, 0.0])
     metrics = compute_metrics(bernoulli, sample_images(), iw_samples=2, iwae_images=2)
     assert metrics["bits_per_dim_8bit"] is None and metrics["iwae_bits_per_dim_8bit"] is None
+    assert metrics["bits_per_dim_8bit_on_iwae_images"] is None
     assert metrics["test_mse"] == pytest.approx(float(np.mean((sample_images() - 0.5) ** 2)), rel=1e-5)
     assert metrics["png_bits_per_dim"] == png_bits_per_dim(to_uint8(sample_images()))
 
@@ -148,3 +156,30 @@ def test_webp_lossless_compresses_a_constant_image_and_not_noise():
     noise = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
     assert webp_lossless_bits_per_dim(constant) < 0.5
     assert webp_lossless_bits_per_dim(noise) > 7.9
+
+
+@pytest.fixture(scope="module")
+def fashion_images(tmp_path_factory):
+    from conftest import write_fashion_mnist
+    from kit.data import load_fashion_mnist
+    return load_fashion_mnist(str(write_fashion_mnist(tmp_path_factory.mktemp("fashion"))))
+
+
+@pytest.mark.parametrize("likelihood", ["discretized-logistic", "gaussian"])
+def test_iwae_bits_are_below_the_8bit_elbo_on_the_same_images_for_a_trained_model(fashion_images, likelihood):
+    """Both numbers on the IWAE images: the IWAE bound is the tighter one, as it must be."""
+    from kit.pictures import format_metrics
+    keras.utils.set_random_seed(0)
+    model = build_vae((28, 28, 1), 4, encoder_filters=(8, 16), encoder_dense=(), decoder_filters=(16, 8),
+                      decoder_dense=(), likelihood=likelihood, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.fit(fashion_images.x_train, epochs=8, batch_size=32, verbose=0)
+    metrics = compute_metrics(model, fashion_images.x_test, iw_samples=50, iwae_images=64, seed=1,
+                              lossless_codecs=False)
+    elbo_8bit, iwae_8bit = metrics["bits_per_dim_8bit_on_iwae_images"], metrics["iwae_bits_per_dim_8bit"]
+    assert iwae_8bit <= elbo_8bit, (iwae_8bit, elbo_8bit)
+    assert elbo_8bit - iwae_8bit < 0.1  # the same images: the gap is the bound's slack, not other images
+    if likelihood == "discretized-logistic":  # its nats already are -log P(8-bit image)
+        assert elbo_8bit == pytest.approx(metrics["test_neg_elbo_on_iwae_images"] / (784 * math.log(2)))
+    table = format_metrics(metrics)
+    assert "8-bit IWAE (64 images)" in table and f"{elbo_8bit:.4f}" in table

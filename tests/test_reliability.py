@@ -412,3 +412,105 @@ def test_eval_only_of_the_other_data_sets_model_leaves_no_outdir(trained_run, ci
     line = assert_one_line(result, 2)
     assert "fashion_mnist" in line and "cifar10" in line, line
     assert not outdir.exists()
+
+
+# --- 9. what could only fail after training is refused before it (issue 16's probes) -------------
+
+@pytest.mark.slow
+def test_a_feature_cache_on_a_file_is_refused_before_training(fashion_dir, tmp_path):
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("not a folder")
+    outdir = tmp_path / "out"
+    result = run_script(FASHION, "--data-dir", fashion_dir, "--epochs", 1, "--limit", 64, "--outdir",
+                        outdir, *TINY_MODEL, timeout=60, env={"VAE_KIT_CACHE": str(blocker)})
+    line = assert_one_line(result, 2)
+    assert f"cannot be cached in {blocker}/feature-nets/fashion_mnist: {blocker} is not a folder" in line
+    assert "Epoch 1" not in result.stdout and not outdir.exists()
+
+
+def write_damaged_feature_cache(cache, fashion_dir):
+    """A cached feature network for the fixture data whose file no longer matches its info.json."""
+    from kit.data import load_fashion_mnist
+    from kit.sample_quality import FEATURE_NET_VERSION, files_checksum
+    folder = cache / "feature-nets" / "fashion_mnist"
+    folder.mkdir(parents=True)
+    (folder / "feature_net.keras").write_bytes(b"PK\x03\x04 half a network")
+    (folder / "info.json").write_text(json.dumps({
+        "data_checksum": files_checksum(load_fashion_mnist(str(fashion_dir)).sha256),
+        "net_version": FEATURE_NET_VERSION, "feature_net_sha256": "0" * 64}))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_damaged_cached_feature_network_is_refused_before_training(fashion_dir, tmp_path):
+    folder = write_damaged_feature_cache(tmp_path / "cache", fashion_dir)
+    outdir = tmp_path / "out"
+    result = run_script(FASHION, "--data-dir", fashion_dir, "--epochs", 1, "--limit", 64, "--outdir",
+                        outdir, *TINY_MODEL, timeout=120, env={"VAE_KIT_CACHE": str(tmp_path / "cache")})
+    line = assert_one_line(result, 2)
+    assert f"{folder}/feature_net.keras is missing or does not match info.json" in line, line
+    assert "--refresh-feature-net" in line
+    assert "Epoch 1" not in result.stdout and not outdir.exists()
+
+
+@pytest.mark.slow
+def test_an_outdir_name_too_long_is_refused_before_anything_is_made(tmp_path):
+    outdir = tmp_path / "missing" / ("n" * 300)
+    result = run_script(FASHION, "--outdir", outdir, "--epochs", 1, timeout=60)
+    line = assert_one_line(result, 2)
+    assert "cannot be written: the name nnnn" in line and "300 bytes long" in line, line
+    assert list(tmp_path.iterdir()) == []  # not even the missing parent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content", ["epoch,loss\n1,abc\n", "epoch,loss\n1,2.0,3.0\n", "loss\n2.0\n",
+                                     "\xff\xfe not text"])
+def test_eval_only_beside_a_damaged_history_warns_and_evaluates(trained_run, fashion_dir, tmp_path, content):
+    run = copy_run(trained_run, tmp_path)
+    (run / "history.csv").write_bytes(content.encode("latin-1"))
+    outdir = tmp_path / "eval"
+    result = run_script(FASHION, "--eval-only", run / "model.keras", "--data-dir", fashion_dir,
+                        "--fd-images", 0, "--iw-samples", 0, "--outdir", outdir, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "history.csv" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {run / 'history.csv'} ")
+    assert warnings[0].endswith("; the loss curves are skipped"), warnings
+    assert (outdir / "metrics.json").is_file() and (outdir / "samples.png").is_file()
+    assert not (outdir / "loss_curves.png").exists()
+    assert json.loads((outdir / "metrics.json").read_text())["epochs"] is None
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory, cifar_dir):
+    """One finished tiny CIFAR-10 run folder."""
+    outdir = tmp_path_factory.mktemp("cifar") / "run"
+    result = run_script("vae_cifar10.py", "--data-dir", cifar_dir, "--epochs", 1, "--limit", 64,
+                        "--outdir", outdir, *TINY_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return outdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, run_of, resumed_by", [(FASHION, "cifar10", "fashion_mnist"),
+                                                        ("vae_cifar10.py", "fashion_mnist", "cifar10")])
+def test_resume_of_the_other_data_sets_run_is_refused_both_ways(trained_run, cifar_run, tmp_path, script,
+                                                                run_of, resumed_by):
+    outdir = copy_run(cifar_run if run_of == "cifar10" else trained_run, tmp_path)
+    before = snapshot(outdir)
+    result = run_script(script, "--resume", "--outdir", outdir, "--epochs", 2, timeout=60)
+    line = assert_one_line(result, 2)
+    assert line.endswith(f"error: --resume: {outdir} holds another data set's run ({run_of}, not "
+                         f"{resumed_by}); resume it with vae_{run_of}.py"), line
+    assert snapshot(outdir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", [["--likelihood", "gaussian"], ["--latent-dim", "2"], ["--epochs", "5"]])
+def test_eval_only_refuses_a_model_option_instead_of_ignoring_it(trained_run, tmp_path, option):
+    outdir = tmp_path / "out"
+    result = run_script(FASHION, "--eval-only", trained_run / "model.keras", *option, "--outdir", outdir,
+                        timeout=60)
+    line = assert_one_line(result, 2)
+    assert f"{option[0]} cannot be used with --eval-only: the model file fixes the model" in line, line
+    assert not outdir.exists()

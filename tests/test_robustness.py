@@ -189,3 +189,109 @@ def test_leftover_temporaries_are_removed_and_nothing_else(tmp_path):
         path.write_text("x")
     remove_leftover_temporaries(tmp_path)
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
+
+
+# --- a stopped evaluation, and the resume that finishes it ---------------------------------------
+
+def start_run_with_a_long_evaluation(fashion_dir, outdir):
+    """A 1-epoch run whose IWAE estimate (3,000 samples for each of 128 images) takes many seconds;
+    its stdout goes to outdir's sibling file, to be watched."""
+    log = open(f"{outdir}.stdout", "w")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "vae_fashion_mnist.py"), "--data-dir", str(fashion_dir), "--epochs", "1",
+         "--limit", "64", "--outdir", str(outdir), *TINY_MODEL, "--fd-images", "0", "--iw-samples", "3000",
+         "--iwae-images", "128"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.PIPE, text=True)
+    return process
+
+
+def wait_for_the_evaluation(outdir, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "IWAE estimate" in open(f"{outdir}.stdout").read():
+            time.sleep(0.5)  # inside the estimate
+            return
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"the evaluation did not start within {timeout} s")
+
+
+def assert_resume_finishes_the_evaluation(outdir):
+    resumed = run_script("vae_fashion_mnist.py", "--resume", "--outdir", outdir, "--iw-samples", 2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Training of {outdir} is done (epoch 1): finishing its evaluation" in resumed.stdout
+    assert "Epoch 1/" not in resumed.stdout  # no training
+    assert [row["epoch"] for row in read_csv(outdir / "history.csv")] == [1]
+    metrics = json.loads((outdir / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["iw_samples"] == 2
+    for name in ("model.keras", "samples.png", "reconstructions.png", "latent_gmm.npz"):
+        assert (outdir / name).is_file(), name
+    assert not leftover_temporaries(outdir)
+    again = run_script("vae_fashion_mnist.py", "--resume", "--outdir", outdir, timeout=60)
+    assert again.returncode == 2 and "already at epoch 1 and its run is finished" in again.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_evaluation_says_how_to_finish_it(fashion_dir, tmp_path):
+    outdir = tmp_path / "run"
+    process = start_run_with_a_long_evaluation(fashion_dir, outdir)
+    wait_for_the_evaluation(outdir, process)
+    process.send_signal(signal.SIGTERM)  # Ctrl-C (SIGINT) is the same code path: see the next tests
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "stopped: interrupted by SIGTERM" in stderr
+    assert (f"training is done (1 epoch(s) saved in {outdir}), the evaluation is not. Finish it with:\n"
+            f"  python vae_fashion_mnist.py --resume --outdir {outdir}\n") in stderr, stderr[-2000:]
+    assert not (outdir / "metrics.json").exists()
+    assert_resume_finishes_the_evaluation(outdir)
+
+
+@pytest.mark.slow
+def test_kill_9_during_the_evaluation_is_finished_by_resume(fashion_dir, tmp_path):
+    outdir = tmp_path / "run"
+    process = start_run_with_a_long_evaluation(fashion_dir, outdir)
+    wait_for_the_evaluation(outdir, process)
+    process.kill()
+    process.communicate(timeout=30)
+    assert not (outdir / "metrics.json").exists()
+    assert_resume_finishes_the_evaluation(outdir)
+
+
+def test_a_signal_stops_the_evaluation_at_once_and_says_how_to_finish_it(tmp_path):
+    from kit.config import parse_config
+    from kit.run import finish_hint_on_stop
+    from vae_fashion_mnist import FASHION_MNIST
+    config = parse_config(FASHION_MNIST, ["--outdir", str(tmp_path / "run"), "--epochs", "3"])
+    with pytest.raises(TrainingStopped) as stop:
+        with finish_hint_on_stop(config, [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]):
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal: raised at once, not after a step
+            time.sleep(5)
+    assert stop.value.exit_code == 143 and str(stop.value) == "interrupted by SIGTERM"
+    assert stop.value.hint == (f"training is done (3 epoch(s) saved in {config.outdir}), the evaluation "
+                               f"is not. Finish it with:\n  python {os.path.basename(sys.argv[0])} "
+                               f"--resume --outdir {config.outdir}")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone again
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip passes the option checks
+    config = parse_config(FASHION_MNIST, ["--eval-only", str(model), "--outdir", str(tmp_path / "e")])
+    with pytest.raises(TrainingStopped) as stop:
+        with finish_hint_on_stop(config, []):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    assert stop.value.exit_code == 130
+    assert stop.value.hint == "metrics.json was not written; run the same --eval-only command again"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("epoch,loss\n1,2.0,3.0\n", "line 2 has more cells than the header"),
+    ("epoch,loss\n1\n", "line 2 has fewer cells than the header"),
+    ("epoch,loss\n,2.0\n", "line 2 has no whole epoch number"),
+    ("epoch,loss\n1.5,2.0\n", "line 2 has no whole epoch number"),
+    ("epoch,loss\n1,abc\n", "could not convert string to float"),
+])
+def test_read_csv_refuses_a_file_write_csv_did_not_write_with_a_value_error(tmp_path, content, message):
+    (tmp_path / "history.csv").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_csv(tmp_path / "history.csv")

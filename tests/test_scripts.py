@@ -63,7 +63,17 @@ def test_fashion_script_writes_every_output(fashion_run, fashion_dir):
     # accuracy, and a GMM over the 2-D latent that loads without pickle.
     assert metrics["fd_images"] == 128 and all(metrics[k] >= 0 for k in FD_KEYS)
     assert metrics["fd_train_vs_test"] < metrics["fd_prior_samples"]  # real images are closest
-    assert 0.0 <= metrics["feature_net_test_accuracy"] <= 1.0
+    # The feature network's accuracy is real: measured again here with the cached network, and well
+    # above the 0.1 of chance (0.29 after its 10 steps on these 256 images when this was written).
+    import keras
+    from kit.data import load_fashion_mnist
+    from kit.sample_quality import feature_cache_dir
+    classifier = keras.models.load_model(feature_cache_dir() / "fashion_mnist" / "feature_net.keras",
+                                         compile=False)
+    test = load_fashion_mnist(str(fashion_dir))
+    predicted = np.argmax(classifier.predict(test.x_test, verbose=0), axis=1)
+    assert metrics["feature_net_test_accuracy"] == pytest.approx(np.mean(predicted == test.y_test), abs=1e-9)
+    assert metrics["feature_net_test_accuracy"] > 0.2
     with np.load(outdir / "latent_gmm.npz", allow_pickle=False) as gmm:
         assert gmm["means"].shape == (10, 2) and gmm["covariances"].shape == (10, 2, 2)
         assert gmm["weights"].sum() == pytest.approx(1.0)
@@ -94,11 +104,11 @@ def test_eval_only_rejects_a_model_of_the_other_dataset(fashion_run, cifar_dir, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_eval_only_rejects_a_different_latent_dim(fashion_run, fashion_dir, tmp_path):
+def test_eval_only_rejects_a_latent_dim_it_cannot_honour(fashion_run, fashion_dir, tmp_path):
     outdir, _ = fashion_run
     result = run_script("vae_fashion_mnist.py", "--eval-only", outdir / "model.keras", "--latent-dim", 8,
                         "--data-dir", fashion_dir, "--outdir", tmp_path)
-    assert result.returncode == 2 and "--latent-dim 8 does not match" in result.stderr
+    assert result.returncode == 2 and "--latent-dim cannot be used with --eval-only" in result.stderr
 
 
 def test_cifar_script_writes_every_output(cifar_dir, tmp_path):

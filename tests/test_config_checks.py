@@ -1,0 +1,227 @@
+"""Options that could only fail after training are refused before it (kit.config), in-process:
+no TensorFlow is needed to refuse them, so these tests take milliseconds."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from kit import config as kc
+from kit.config import data_problem, parse_config
+from kit.errors import DamagedRunError, UsageError
+from vae_cifar10 import CIFAR10
+from vae_fashion_mnist import FASHION_MNIST
+
+
+def refusal(argv, spec=FASHION_MNIST):
+    """The one-line message of the UsageError that parse_config raises for argv."""
+    with pytest.raises(UsageError) as err:
+        parse_config(spec, argv)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.fixture
+def outdir(tmp_path):
+    return str(tmp_path / "out")
+
+
+# --- values that break a step after training -----------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--fd-images", "1"], "--fd-images must be 0 (off) or at least 2"),
+    (["--limit", "5"], "--limit 5 is below --gmm-components 10"),
+    (["--limit", "30", "--gmm-components", "31"], "--limit 30 is below --gmm-components 31"),
+    (["--gmm-components", "20001"], "--gmm-components must be at most 20,000"),
+    (["--limit", "1", "--gmm-components", "1"], "--limit 1 leaves too few training images for the Fréchet"),
+    (["--seed", "-1"], "--seed must be in 0 .. 2**32 - 1"),
+    (["--seed", str(2 ** 32)], "--seed must be in 0 .. 2**32 - 1"),
+    (["--epochs", str(2 ** 63)], "--epochs must be at most 2**63 - 1"),
+    (["--kl-warmup", str(10 ** 30)], "--kl-warmup must be at most 2**63 - 1"),
+    (["--iw-samples", str(10 ** 30)], "--iw-samples must be at most 2**63 - 1"),
+    (["--limit", str(10 ** 30)], "--limit must be at most 2**63 - 1"),
+    (["--beta", "1e39"], "--beta must be a finite number >= 0 (at most 3.403e+38, float32)"),
+    (["--lr", "1e300"], "--lr must be a finite number > 0 (at most 3.403e+38, float32)"),
+])
+def test_values_that_would_fail_after_training_are_refused_naming_the_option(outdir, args, message):
+    assert message in refusal([*args, "--outdir", outdir])
+    assert not os.path.exists(outdir)
+
+
+@pytest.mark.parametrize("args", [
+    ["--fd-images", "2"], ["--fd-images", "0", "--limit", "1", "--gmm-components", "1"],
+    ["--limit", "10"], ["--seed", str(2 ** 32 - 1)], ["--epochs", str(2 ** 63 - 1)],
+    ["--beta", "3e38"],
+])
+def test_the_limits_themselves_are_allowed(outdir, args):
+    parse_config(FASHION_MNIST, [*args, "--outdir", outdir])
+
+
+def test_a_gmm_too_big_for_memory_is_refused(outdir, monkeypatch):
+    monkeypatch.setattr(kc, "physical_memory_bytes", lambda: 16 * 10 ** 9)
+    # 20,000 components of 256 x 256 covariances: 4 x 10.5 GB, and 6 x 3.2 GB of responsibilities.
+    message = refusal(["--gmm-components", "20000", "--outdir", outdir], CIFAR10)
+    assert message.startswith("--gmm-components 20000 at --latent-dim 256 needs about 61.2 GB"), message
+    parse_config(CIFAR10, ["--gmm-components", "100", "--outdir", outdir])  # 0.2 GB
+    monkeypatch.setattr(kc, "physical_memory_bytes", lambda: 10 ** 12)
+    parse_config(FASHION_MNIST, ["--gmm-components", "20000", "--outdir", outdir])  # the most allowed
+
+
+@pytest.mark.parametrize("train, test, args, message", [
+    (9, 100, [], "--gmm-components 10 needs as many training images, the data has 9"),
+    (100, 1, ["--fd-images", "2"], "needs at least 2 training and test images, the data has 100 and 1"),
+    (100, 100, ["--batch-size", "10", "--steps-per-execution", "11"],
+     "--steps-per-execution 11 is more than the 10 steps of an epoch"),
+    (100, 100, ["--batch-size", "10", "--steps-per-execution", "3"],
+     "--steps-per-execution 3 must divide the 10 steps of an epoch"),
+])
+def test_data_too_small_for_the_options_is_a_problem(outdir, train, test, args, message):
+    config = parse_config(FASHION_MNIST, [*args, "--outdir", outdir])
+    assert message in data_problem(config, train, test)
+
+
+@pytest.mark.parametrize("args", [[], ["--batch-size", "10", "--steps-per-execution", "5"],
+                                  ["--batch-size", "1000"], ["--fd-images", "0"]])
+def test_data_big_enough_is_no_problem(outdir, args):
+    assert data_problem(parse_config(FASHION_MNIST, [*args, "--outdir", outdir]), 100, 2) is None
+
+
+# --- --eval-only honours only the evaluation's options -----------------------------------------
+
+@pytest.fixture
+def model_file(tmp_path):
+    """A file that passes the pre-TensorFlow checks of --eval-only (a .keras zip)."""
+    import zipfile
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{}")
+    return str(path)
+
+
+@pytest.mark.parametrize("args", [
+    ["--likelihood", "gaussian"], ["--latent-dim", "2"], ["--encoder-filters", "8"], ["--arch", "resnet"],
+    ["--epochs", "3"], ["--lr", "0.01"], ["--batch-size", "7"], ["--beta", "2"], ["--preset", "keras-io"],
+    ["--tensorboard"], ["--mixed-precision"], ["--jit-compile"], ["--steps-per-execution", "2"],
+    ["--distribute", "mirrored"], ["--kl-warmup", "1"],
+])
+def test_eval_only_refuses_options_it_cannot_honour(model_file, outdir, args):
+    message = refusal(["--eval-only", model_file, *args, "--outdir", outdir])
+    assert message.startswith(f"{args[0]} cannot be used with --eval-only"), message
+
+
+def test_eval_only_accepts_the_evaluation_options(model_file, outdir):
+    config = parse_config(FASHION_MNIST, ["--eval-only", model_file, "--seed", "3", "--limit", "100",
+                                          "--iw-samples", "5", "--iwae-images", "50", "--fd-images", "0",
+                                          "--gmm-components", "4", "--outdir", outdir])
+    assert (config.seed, config.limit, config.gmm_components) == (3, 100, 4)
+
+
+# --- --resume: another data set's run, options the checkpoint fixes -----------------------------
+
+def fake_run(folder, spec, **changes):
+    """A run folder as far as parse_config reads one: config.json and checkpoint/state.json."""
+    saved = parse_config(spec, ["--outdir", str(folder)]).to_dict()
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "checkpoint" / "state.json").write_text("{}")
+    (folder / "config.json").write_text(json.dumps({**saved, **changes}))
+    return str(folder)
+
+
+@pytest.mark.parametrize("run_of, resumed_by", [(CIFAR10, FASHION_MNIST), (FASHION_MNIST, CIFAR10)])
+def test_resume_of_another_data_sets_run_is_refused_both_ways(tmp_path, run_of, resumed_by):
+    folder = fake_run(tmp_path / "run", run_of)
+    message = refusal(["--resume", "--outdir", folder], resumed_by)
+    assert message == (f"--resume: {folder} holds another data set's run ({run_of.name}, not "
+                       f"{resumed_by.name}); resume it with vae_{run_of.name}.py")
+
+
+def test_resume_with_a_dataset_that_is_no_string_is_a_damaged_folder(tmp_path):
+    folder = fake_run(tmp_path / "run", FASHION_MNIST, dataset=7)
+    with pytest.raises(DamagedRunError, match="config.json: dataset is 7, not a string"):
+        parse_config(FASHION_MNIST, ["--resume", "--outdir", folder])
+
+
+@pytest.mark.parametrize("args", [["--jit-compile"], ["--mixed-precision"], ["--steps-per-execution", "2"],
+                                  ["--distribute", "mirrored"], ["--limit", "50"], ["--seed", "1"]])
+def test_resume_refuses_options_the_checkpoint_fixes(tmp_path, args):
+    folder = fake_run(tmp_path / "run", FASHION_MNIST)
+    message = refusal(["--resume", "--outdir", folder, *args])
+    assert message.startswith(f"{args[0]} ") and "does not match the run in" in message, message
+
+
+# --- folders that cannot be made, caches that cannot be written ----------------------------------
+
+def test_an_outdir_name_longer_than_the_file_system_allows_is_refused(tmp_path):
+    outdir = tmp_path / ("a" * 300) / "run"
+    message = refusal(["--outdir", str(outdir)])
+    assert message.startswith(f"--outdir {outdir} cannot be written: the name aaaa")
+    assert "is 300 bytes long, more than the 255" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_outdir_path_longer_than_the_file_system_allows_is_refused(tmp_path):
+    outdir = tmp_path.joinpath(*["b" * 200] * 21)  # 21 x 201 bytes > PATH_MAX 4096
+    assert "files inside it would pass the 4096 bytes" in refusal(["--outdir", str(outdir)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_into_a_too_long_outdir_is_refused_not_a_traceback(tmp_path):
+    assert "cannot be written: the name" in refusal(["--resume", "--outdir", str(tmp_path / ("c" * 256))])
+
+
+def test_a_feature_cache_on_a_file_is_refused_when_the_frechet_distance_is_on(tmp_path, monkeypatch, outdir):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("VAE_KIT_CACHE", str(tmp_path / "file"))
+    message = refusal(["--outdir", outdir])
+    assert message == (f"the feature network of the Fréchet distance cannot be cached in "
+                       f"{tmp_path}/file/feature-nets/fashion_mnist: {tmp_path}/file is not a folder "
+                       f"(set VAE_KIT_CACHE to a writable folder, or pass --fd-images 0)")
+    parse_config(FASHION_MNIST, ["--fd-images", "0", "--outdir", outdir])  # no cache needed
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nobody may write to, root included: a read-only tmpfs (skipped where none can be
+    mounted and the tests run as root, to whom permission bits mean nothing)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    if mount.returncode == 0:
+        yield folder
+        subprocess.run(["umount", str(folder)], check=True)
+        return
+    if os.geteuid() == 0:
+        pytest.skip(f"cannot mount a read-only tmpfs: {mount.stderr.strip()}")
+    folder.chmod(0o500)
+    yield folder
+    folder.chmod(0o700)
+
+
+def test_a_feature_cache_that_cannot_be_written_is_refused(read_only_folder, monkeypatch, outdir):
+    monkeypatch.setenv("VAE_KIT_CACHE", str(read_only_folder))
+    message = refusal(["--outdir", outdir])
+    assert message.startswith("the feature network of the Fréchet distance cannot be cached in "
+                              f"{read_only_folder}/feature-nets/fashion_mnist: permission denied on "
+                              f"{read_only_folder}"), message
+
+
+def test_a_cached_network_in_a_read_only_cache_is_enough_unless_refreshed(tmp_path, monkeypatch, outdir):
+    cache = tmp_path / "cache"
+    (cache / "feature-nets" / "fashion_mnist").mkdir(parents=True)
+    (cache / "feature-nets" / "fashion_mnist" / "info.json").write_text("{}")
+    monkeypatch.setenv("VAE_KIT_CACHE", str(cache))
+    real_access = os.access
+    monkeypatch.setattr("kit.guards.os.access",  # nothing in the cache can be written
+                        lambda path, mode: not str(path).startswith(str(cache)) and real_access(path, mode))
+    parse_config(FASHION_MNIST, ["--outdir", outdir])  # reading the cached network is enough
+    assert "cannot be cached" in refusal(["--refresh-feature-net", "--outdir", outdir])
+
+
+def test_resume_may_mend_an_evaluation_option_that_stopped_the_run(tmp_path):
+    # A run saved with --limit 5 and --gmm-components 10 (older kits failed only after training):
+    # its evaluation can be finished with fewer components, given on the command line.
+    folder = fake_run(tmp_path / "run", FASHION_MNIST, limit=5, gmm_components=10)
+    assert parse_config(FASHION_MNIST, ["--resume", "--outdir", folder, "--gmm-components", "5"]).gmm_components == 5
+    assert "--limit 5 is below --gmm-components 10" in str(
+        pytest.raises(DamagedRunError, parse_config, FASHION_MNIST, ["--resume", "--outdir", folder]).value)

@@ -1,0 +1,103 @@
+"""Every integer and float option of both scripts at 0, 1, -1, a huge value (and NaN and infinity
+for floats): each is refused before training with exit 2 and one line naming the option, or runs
+to the end; never a traceback.
+
+Refusals need no TensorFlow, so parse_config decides them in-process; the values it accepts run end
+to end, all in one process (tests/sweep_runs.py), on tiny data with a tiny model."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TEST_VALIDATION, TINY_MODEL
+from kit.config import parse_config
+from kit.errors import UsageError
+from vae_cifar10 import CIFAR10
+from vae_fashion_mnist import FASHION_MNIST
+
+HUGE = str(10 ** 30)
+INT_OPTIONS = ["--epochs", "--batch-size", "--latent-dim", "--kl-warmup", "--mixture-components",
+               "--blocks-per-resolution", "--seed", "--limit", "--iw-samples", "--iwae-images",
+               "--fd-images", "--gmm-components", "--steps-per-execution", "--validation-images"]
+LIST_OPTIONS = ["--encoder-filters", "--encoder-dense", "--decoder-filters", "--decoder-dense"]
+FLOAT_OPTIONS = ["--beta", "--lr"]
+CASES = ([(option, value) for option in INT_OPTIONS + LIST_OPTIONS for value in ("0", "1", "-1", HUGE)]
+         + [(option, value) for option in FLOAT_OPTIONS for value in ("0", "1", "-1", "1e308", "nan", "inf")])
+SPECS = {"fashion_mnist": FASHION_MNIST, "cifar10": CIFAR10}
+# Everything small, so an accepted value runs end to end in seconds; the value under test comes last.
+BASE = [*TINY_MODEL, *TEST_VALIDATION, "--epochs", "1", "--limit", "64", "--iw-samples", "2", "--iwae-images", "16",
+        "--fd-images", "0"]
+# Training may honestly end on a non-finite loss (exit 3, one line) for these values.
+MAY_DIVERGE = {("--lr", "1")}
+
+
+def case_id(case):
+    return f"{case[0][2:]}={'huge' if case[1] == HUGE else case[1]}"
+
+
+def argv_for(case, data_dir, outdir):
+    return ["--data-dir", str(data_dir), "--outdir", str(outdir), *BASE, *case]
+
+
+def parsed(spec, argv):
+    """None if parse_config accepts argv, else its UsageError's message."""
+    try:
+        parse_config(spec, argv)
+    except UsageError as err:
+        return str(err)
+    return None
+
+
+@pytest.mark.parametrize("dataset", SPECS)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_a_refused_value_is_one_line_naming_the_option(tmp_path, case, dataset):
+    message = parsed(SPECS[dataset], argv_for(case, tmp_path, tmp_path / "out"))
+    if message is None:
+        pytest.skip("accepted: runs end to end in test_an_accepted_value_runs_to_the_end")
+    assert "\n" not in message and case[0] in message, message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def end_to_end(tmp_path_factory, fashion_dir):
+    """{case: result} for every case the Fashion-MNIST script accepts, run one after another."""
+    folder = tmp_path_factory.mktemp("sweep")
+    accepted = [case for case in CASES
+                if parsed(FASHION_MNIST, argv_for(case, fashion_dir, folder / case_id(case))) is None]
+    (folder / "argv.json").write_text(json.dumps(
+        [argv_for(case, fashion_dir, folder / case_id(case)) for case in accepted]))
+    run = subprocess.run([sys.executable, str(ROOT / "tests" / "sweep_runs.py"), str(folder / "argv.json")],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.splitlines()[-1])
+    return folder, dict(zip(accepted, results))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_an_accepted_value_runs_to_the_end(end_to_end, case):
+    folder, results = end_to_end
+    if case not in results:
+        pytest.skip("refused before training: test_a_refused_value_is_one_line_naming_the_option")
+    result = results[case]
+    assert "Traceback" not in result["stderr"], result["stderr"][-3000:]
+    lines = [line for line in result["stderr"].splitlines() if line.strip() and not line.startswith("warning: ")]
+    if result["code"] == 0:
+        metrics = json.loads((folder / case_id(case) / "metrics.json").read_text())
+        assert metrics["epochs"] == 1 and (folder / case_id(case) / "samples.png").is_file()
+        assert lines == [], lines
+    elif result["code"] == 3:  # a non-finite loss: named, training stopped, nothing broken saved
+        assert case in MAY_DIVERGE, result["stderr"][-3000:]
+        assert lines[0].startswith("stopped: loss became") and "at epoch 1, step" in lines[0], lines
+    else:  # refused once the data was loaded, still before training
+        assert result["code"] == 2, result["stderr"][-3000:]
+        assert len(lines) == 1 and case[0] in lines[0], lines
+        assert "Epoch 1/" not in result["stdout"]
+
+
+def test_the_sweep_counts_its_cases():
+    """README, Tested bad input, counts these cases: keep the two in step."""
+    assert len(CASES) * len(SPECS) == 168
+    readme = (ROOT / "README.md").read_text()
+    assert "168 option values" in readme
