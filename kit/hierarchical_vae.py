@@ -33,6 +33,11 @@ LN2 = math.log(2.0)
 # The most decodes (samples x images) one log_importance_weights graph call runs at once.
 IWAE_DECODES_PER_CALL = 256
 EVAL_BATCH = 256
+# VDVAE's CIFAR-10 thresholds (hps.py: grad_clip 200, skip_threshold 400) are for the gradient of
+# the loss in nats per dimension; this model's loss is nats per image, whose gradient is D times
+# larger, so the same thresholds are these times D (see vdvae_thresholds).
+VDVAE_GRAD_CLIP_PER_DIM = 200.0
+VDVAE_SKIP_THRESHOLD_PER_DIM = 400.0
 
 
 # --- resolutions ---------------------------------------------------------------------------------
@@ -67,6 +72,12 @@ def _per_resolution(value, chain, name):
             raise ValueError(f"{name} needs one value per resolution {chain}, not {list(value)}")
         return {r: int(v) for r, v in zip(chain, value)}
     return {r: int(value) for r in chain}
+
+
+def vdvae_thresholds(image_shape):
+    """(grad_clip, skip_threshold) for the per-image loss that equal VDVAE's per-dimension ones."""
+    dims = int(np.prod(image_shape))
+    return VDVAE_GRAD_CLIP_PER_DIM * dims, VDVAE_SKIP_THRESHOLD_PER_DIM * dims
 
 
 # --- Gaussian maths (float32, elementwise) ----------------------------------------------------------
@@ -366,6 +377,10 @@ class HierarchicalVAE(keras.Model):
         self.skipped_updates = self.add_weight(name="skipped_updates", shape=(), dtype="float32",
                                                trainable=False, aggregation="only_first_replica",
                                                initializer="zeros", autocast=False)
+        # The last step's global gradient norm (before clipping), for callbacks choosing thresholds.
+        self.gradient_norm = self.add_weight(name="gradient_norm", shape=(), dtype="float32",
+                                             trainable=False, aggregation="only_first_replica",
+                                             initializer="zeros", autocast=False)
         if likelihood == "gaussian":
             self._add_gaussian_sigma_weights()
         names = (["loss", "reconstruction_loss", "kl_loss"]
@@ -554,6 +569,7 @@ class HierarchicalVAE(keras.Model):
         # The optimizer sums replicas' gradients again (Keras' TF optimizer), hence / replicas.
         gradients = [g * ops.cast(factor / replicas, g.dtype) for g in gradients]
         self.skipped_updates.assign_add(ops.cast(ops.logical_or(skip, ops.logical_not(finite)), "float32"))
+        self.gradient_norm.assign(norm)
         self._apply_unless(skip, gradients, weights, context)
         return norm
 
@@ -631,10 +647,10 @@ class HierarchicalVAE(keras.Model):
         temperature; return_noise also returns that noise."""
         if noise is None:
             noise = self.draw_noise(n, seed)
-        temps = (np.asarray(temperature, np.float32) if isinstance(temperature, (list, tuple))
-                 else np.full(len(self.group_resolutions), temperature, np.float32))
-        if temps.shape != (len(self.group_resolutions),):
-            raise ValueError(f"temperature needs one value per group ({len(self.group_resolutions)})")
+        temps = np.asarray(temperature, np.float32)
+        if temps.ndim > 1 or temps.size not in (1, len(self.group_resolutions)):
+            raise ValueError(f"temperature: one value, or one per group ({len(self.group_resolutions)})")
+        temps = np.broadcast_to(temps.reshape(-1), (len(self.group_resolutions),))
         images = np.concatenate([_prior_images_graph(self, [e[i:i + batch_size] for e in noise], temps).numpy()
                                  for i in range(0, n, batch_size)])
         return (images, noise) if return_noise else images
@@ -725,6 +741,7 @@ def build_hierarchical_vae(image_shape, widths, blocks_per_resolution, latent_ch
     middle width over their width (VDVAE 0.25). grad_clip / skip_threshold: the global gradient
     norm (of the per-image loss's batch mean, nats) to clip to / above which to skip the update
     (VDVAE); None turns clipping / skipping of finite norms off (non-finite ones are always skipped).
+    vdvae_thresholds(image_shape) gives VDVAE's CIFAR-10 values in these units.
     """
     return HierarchicalVAE(image_shape, widths, blocks_per_resolution, latent_channels, latent_resolutions,
                            likelihood=likelihood, mixture_components=mixture_components,
