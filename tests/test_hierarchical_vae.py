@@ -169,14 +169,18 @@ def _weights(model):
 def test_gradient_clipping_bounds_the_update():
     x = images(8)
     changes = {}
-    for clip in (None, 1e-3):
+    for clip, loss_scaled in ((None, False), (1e-3, False), (1e-3, True)):
         model = tiny(grad_clip=clip)
-        model.compile(optimizer=keras.optimizers.SGD(1.0), run_eagerly=True)
+        optimizer = keras.optimizers.SGD(1.0)
+        if loss_scaled:  # mixed_float16's optimizer: the norm must be of the unscaled gradient
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer, run_eagerly=True)
         before = _weights(model)
         model.fit(x, epochs=1, batch_size=8, verbose=0)
-        changes[clip] = np.sqrt(sum(np.sum((a - w) ** 2) for a, w in zip(_weights(model), before)))
-    assert changes[None] > 1.0  # the unclipped norm is far above the threshold...
-    assert changes[1e-3] == pytest.approx(1e-3, rel=1e-3)  # ...and SGD moves exactly lr * clip
+        changes[clip, loss_scaled] = np.sqrt(sum(np.sum((a - w) ** 2) for a, w in zip(_weights(model), before)))
+    assert changes[None, False] > 1.0  # the unclipped norm is far above the threshold...
+    assert changes[1e-3, False] == pytest.approx(1e-3, rel=1e-3)  # ...and SGD moves exactly lr * clip
+    assert changes[1e-3, True] == pytest.approx(1e-3, rel=1e-3)
 
 
 def test_skipped_updates_are_counted_and_leave_weights_and_ema_alone():
