@@ -7,7 +7,10 @@ CIFAR-10 (or Fashion-MNIST) and print the test bits/dim of held-out images as it
 Every --eval-every steps: the test -ELBO of the first --eval-images test images with fixed noise
 (seed 0, beta = 1) in bits/dim = nats / (D ln 2), its per-group KL, seconds per training step
 (training only; the first step, which traces the graph, is left out) and the skipped updates.
-Defaults: a configuration for a 2-core CPU (about 0.4 s per step of 32 CIFAR images).
+Defaults: a configuration for a 2-core CPU. Measured on a shared 2-core CPU (2026-11-29):
+CIFAR-10 (JPEG copy), 8 minutes: 0.28 s per step of 32 images, 1724 steps, test bits/dim 6.57
+after 150 steps, 5.53 after 450, 5.21 after 900, 4.76-4.98 from 1350 on (4.89 at the end);
+Fashion-MNIST, 2 minutes: 0.12 s per step, 4.20 after 150 steps, 3.69 after 1033.
 """
 import argparse
 import math

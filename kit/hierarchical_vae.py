@@ -464,14 +464,16 @@ class HierarchicalVAE(keras.Model):
                 p_mean, p_log_std, h_prior = group.prior(h)
                 stat = {"p_mean": p_mean, "p_log_std": p_log_std}
                 if mode in (POSTERIOR, POSTERIOR_MEAN):
-                    q_mean, q_log_std = group.posterior(h, activations[r])  # h before the prior's part
+                    # q(z_i | z_<i, x) sees the top-down state and the bottom-up features: the
+                    # bidirectional inference of IAF-VAE, NVAE and VDVAE (h before the prior's part).
+                    q_mean, q_log_std = group.posterior(h, activations[r])
                     stat.update(q_mean=q_mean, q_log_std=q_log_std)
                     if mode == POSTERIOR_MEAN:
                         z = q_mean
                     else:  # the reparameterization trick (Kingma & Welling 2014)
                         eps = self._noise(ops.shape(q_mean)) if noise is None else ops.cast(noise[index], "float32")
                         z = q_mean + ops.exp(q_log_std) * eps
-                elif mode == PRIOR:
+                elif mode == PRIOR:  # the prior's std times a temperature (VDVAE, NVAE)
                     eps = ops.cast(noise[index], "float32")
                     z = p_mean + ops.exp(p_log_std) * ops.cast(temperatures[index], "float32") * eps
                 elif mode == GIVEN:
