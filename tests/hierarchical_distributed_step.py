@@ -1,0 +1,82 @@
+"""The hierarchical VAE trained on one device and on two logical CPU devices (MirroredStrategy)
+from the same weights on the same batches; prints per likelihood the largest weight difference
+and the skipped-update counts as JSON. Run in its own process: logical devices must be configured
+before TensorFlow starts. As tests/distributed_step.py: batches of 128 (64 + 64), 129 (65 + 64)
+and 1 image (one replica empty); z = the posterior mean, so sampling noise cannot differ.
+
+Gradient clipping is set low enough to act on every step, and the skip threshold so that some
+steps are skipped: both must use the global batch's gradient norm, not a replica's."""
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# oneDNN's Conv2D fails on the empty replica's batch of RGB images (see distributed_step.py).
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from kit.hierarchical_vae import build_hierarchical_vae  # noqa: E402
+from kit.run import make_strategy  # noqa: E402
+
+IMAGE_SHAPE = (8, 8, 3)
+
+
+def tiny_model(likelihood, grad_clip, skip_threshold):
+    return build_hierarchical_vae(IMAGE_SHAPE, 8, 1, 2, (1, 4), likelihood=likelihood, mixture_components=2,
+                                  beta=0.7, seed=0, grad_clip=grad_clip, skip_threshold=skip_threshold)
+
+
+def train(strategy, likelihood, initial_weights, x, grad_clip, skip_threshold):
+    with strategy.scope():
+        model = tiny_model(likelihood, grad_clip, skip_threshold)
+        model.set_weights(initial_weights)
+        model._noise = lambda shape: keras.ops.zeros(shape, "float32")  # z = q_mean
+        model.compile(optimizer=keras.optimizers.SGD(0.01))  # SGD: a mis-scaled gradient shows up
+    batches = [tf.data.Dataset.from_tensor_slices(images).batch(len(images))
+               for images in (x[:128], x, x[:1], x[:64])]
+    data = batches[0]
+    for batch in batches[1:]:
+        data = data.concatenate(batch)
+    logs = model.fit(data, epochs=1, verbose=0).history
+    return ([w.numpy() for w in model.trainable_weights], logs["loss"][0], float(model.skipped_updates.numpy()),
+            int(model.optimizer.iterations.numpy()))
+
+
+def main():
+    mirrored = make_strategy("mirrored")  # two logical CPUs on a machine without GPUs
+    x = np.random.default_rng(0).random((129, *IMAGE_SHAPE)).astype(np.float32)
+    x = np.round(x * 255) / 255
+    results = {}
+    for likelihood in sys.argv[1:]:
+        keras.utils.set_random_seed(0)
+        probe = tiny_model(likelihood, None, None)
+        initial = probe.get_weights()
+        initial_trainable = [w.numpy() for w in probe.trainable_weights]
+        # Thresholds from the first batch's gradient norm: clip at half of it, skip above 1.5
+        # times it (the one-image batch's norm is larger: its mean is over one image).
+        with tf.GradientTape() as tape:
+            probe._noise = lambda shape: keras.ops.zeros(shape, "float32")
+            reconstruction, kl = probe.per_image_losses(x[:128], training=True)
+            loss = keras.ops.mean(reconstruction + probe.beta * kl)
+        norm = float(tf.linalg.global_norm(tape.gradient(loss, probe.trainable_weights)))
+        clip, skip = 0.5 * norm, 3.0 * norm
+        single = train(tf.distribute.get_strategy(), likelihood, initial, x, clip, skip)
+        multi = train(mirrored, likelihood, initial, x, clip, skip)
+        change = max(float(np.abs(a - b).max()) for a, b in zip(single[0], initial_trainable))
+        difference = max(float(np.abs(a - b).max()) for a, b in zip(single[0], multi[0]))
+        relative = difference / max(float(np.abs(a).max()) for a in single[0])
+        results[likelihood] = {"replicas": mirrored.num_replicas_in_sync, "first_grad_norm": norm,
+                               "max_weight_change": change, "max_weight_difference": difference,
+                               "max_relative_difference": relative,
+                               "single_loss": single[1], "mirrored_loss": multi[1],
+                               "single_skipped": single[2], "mirrored_skipped": multi[2],
+                               "single_iterations": single[3], "mirrored_iterations": multi[3]}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

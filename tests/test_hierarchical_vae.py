@@ -1,0 +1,252 @@
+"""The hierarchical (VDVAE-style) VAE: KL and IWAE against hand computations, sampling, saving,
+training with clipping and skipping, mixed precision and the mirrored step."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.special import logsumexp
+
+from conftest import ROOT
+from kit.hierarchical_vae import (HierarchicalVAE, build_hierarchical_vae, gaussian_analytic_kl,
+                                  gaussian_log_density, resolution_chain)
+
+
+def tiny(likelihood="discretized-logistic-mixture", image_shape=(8, 8, 3), **kwargs):
+    keras.utils.set_random_seed(0)
+    options = dict(widths=8, blocks_per_resolution=1, latent_channels=2, latent_resolutions=(1, 4, 8),
+                   likelihood=likelihood, mixture_components=2, seed=0)
+    options.update(kwargs)
+    return build_hierarchical_vae(image_shape, **options)
+
+
+def images(n, shape=(8, 8, 3), seed=0):
+    x = np.random.default_rng(seed).random((n, *shape))
+    return (np.round(x * 255) / 255).astype(np.float32)
+
+
+def bars(n, side=8, seed=0):
+    """Learnable 8-bit images: one bright horizontal bar per image on a dark, slightly noisy ground."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 20, (n, side, side, 1)).astype(np.float32)
+    for i, row in enumerate(rng.integers(0, side, n)):
+        x[i, row] = 235
+    return x / 255.0
+
+
+def test_resolutions_divide_exactly_for_both_data_sets():
+    assert resolution_chain(32) == [32, 16, 8, 4, 1]
+    assert resolution_chain(28) == [28, 14, 7, 1]
+    assert resolution_chain(2) == [2, 1]
+    model = build_hierarchical_vae((28, 28, 1), (8, 8, 8, 8), 1, 2, (1, 7, 14), likelihood="bernoulli", seed=0)
+    assert model.latent_shapes == [(1, 1, 2), (7, 7, 2), (14, 14, 2)]
+    reconstruction, kl = model.per_image_losses(images(2, (28, 28, 1)))
+    assert reconstruction.shape == (2,) and kl.shape == (2,)
+    assert np.all(np.isfinite(reconstruction)) and np.all(np.isfinite(kl))
+    with pytest.raises(ValueError):
+        build_hierarchical_vae((28, 28, 1), 8, 1, 2, (4,))  # 4 is not a resolution of 28
+
+
+def test_gaussian_kl_and_density_match_closed_forms():
+    # KL(N(1, 0.5^2) || N(-1, 2^2)) = log(2 / 0.5) + (0.5^2 + 2^2) / (2 * 2^2) - 1/2
+    kl = gaussian_analytic_kl(np.float32(1.0), np.log(np.float32(0.5)), np.float32(-1.0), np.log(np.float32(2.0)))
+    assert float(kl) == pytest.approx(np.log(4.0) + 4.25 / 8.0 - 0.5, rel=1e-6)
+    assert float(gaussian_analytic_kl(0.3, -0.2, 0.3, -0.2)) == pytest.approx(0.0, abs=1e-7)
+    density = gaussian_log_density(np.float32(0.5), np.float32(-1.0), np.log(np.float32(2.0)))
+    assert float(density) == pytest.approx(-0.5 * np.log(2 * np.pi) - np.log(2.0) - 0.5 * (1.5 / 2.0) ** 2, rel=1e-6)
+
+
+def test_each_groups_kl_equals_a_numpy_computation_from_its_parameters():
+    model = tiny()
+    x = images(5)
+    noise = model.draw_noise(5, seed=3)
+    stats = model.latent_statistics(x, noise)
+    _, kls = model.elbo_terms(x, noise, per_group=True)
+    assert kls.shape == (5, 3)
+    for i, s in enumerate(stats):
+        qm, ql, pm, pl = (s[k].astype(np.float64) for k in ("q_mean", "q_log_std", "p_mean", "p_log_std"))
+        assert not np.allclose(qm, pm)  # a real comparison, not 0 = 0
+        hand = (pl - ql + (np.exp(2 * ql) + (qm - pm) ** 2) / (2 * np.exp(2 * pl)) - 0.5).reshape(5, -1).sum(1)
+        np.testing.assert_allclose(kls[:, i], hand, rtol=1e-5, atol=1e-6)
+        # z was drawn from q with this group's noise
+        np.testing.assert_allclose(s["z"], qm + np.exp(ql) * noise[i], rtol=1e-5, atol=1e-6)
+    _, total = model.elbo_terms(x, noise)
+    np.testing.assert_allclose(total, kls.sum(axis=1), rtol=1e-6)
+
+
+def test_iwae_lies_above_the_elbo_and_converges_to_the_integrated_likelihood():
+    # One group with a 1-D latent on 2x2 binary images: log p(x) = log ∫ p(x|z) p(z) dz on a grid.
+    keras.utils.set_random_seed(0)
+    model = build_hierarchical_vae((2, 2, 1), 4, 1, 1, (1,), likelihood="bernoulli", seed=0)
+    group = model.latent_groups[0]
+    group.z_proj.kernel.assign(group.z_proj.kernel * 8.0)  # p(x|z) depends strongly on z
+    x = np.array([[0, 0, 0, 1], [1, 1, 0, 0], [1, 1, 1, 0]], np.float32).reshape(3, 2, 2, 1)
+    prior = model.latent_statistics(x, model.draw_noise(3, 0))[0]
+    p_mean, p_log_std = float(prior["p_mean"][0].ravel()[0]), float(prior["p_log_std"][0].ravel()[0])
+    grid = np.linspace(p_mean - 9 * np.exp(p_log_std), p_mean + 9 * np.exp(p_log_std), 6001).astype(np.float32)
+    outputs = model.decode_latents([grid.reshape(-1, 1, 1, 1)])
+    log_prior = -0.5 * np.log(2 * np.pi) - p_log_std - 0.5 * ((grid - p_mean) / np.exp(p_log_std)) ** 2
+    exact = np.array([logsumexp(-model.reconstruction_nll(np.repeat(x[i:i + 1], len(grid), 0), outputs).numpy()
+                                + log_prior) + np.log(grid[1] - grid[0]) for i in range(3)])
+
+    draws = model.draw_noise(3, seed=1, samples=300)
+    elbo = np.mean([-np.add(*model.elbo_terms(x, [n[s] for n in draws])) for s in range(300)], axis=0)
+    assert np.all(elbo < exact - 1.0)  # a loose posterior: the ELBO is well below log p(x)
+
+    def iwae(k, seed):
+        log_w = model.log_importance_weights(x, model.draw_noise(3, seed, samples=k), decodes_per_call=60000)
+        return logsumexp(log_w, axis=0) - np.log(k)
+
+    small = np.mean([iwae(10, seed) for seed in range(10)], axis=0)
+    large = iwae(50000, 0)
+    assert np.all(small > elbo) and np.all(large > elbo)
+    assert np.mean(np.abs(large - exact)) < 0.25 * np.mean(np.abs(small - exact))
+    np.testing.assert_allclose(large, exact, atol=0.05)
+    # Slicing along K changes nothing.
+    noise = model.draw_noise(3, 7, samples=50)
+    np.testing.assert_allclose(model.log_importance_weights(x, noise, decodes_per_call=12),
+                               model.log_importance_weights(x, noise, decodes_per_call=1000), rtol=1e-5)
+
+
+def test_samples_are_images_at_every_temperature_and_repeat_with_the_seed():
+    model = tiny()
+    for temperature in (0.0, 0.5, 1.0, 1.5):
+        samples = model.sample(6, temperature=temperature, seed=1)
+        assert samples.shape == (6, 8, 8, 3) and samples.dtype == np.float32
+        assert np.all(np.isfinite(samples)) and samples.min() >= 0.0 and samples.max() <= 1.0
+    np.testing.assert_array_equal(model.sample(4, seed=5), model.sample(4, seed=5))
+    assert not np.allclose(model.sample(4, seed=5), model.sample(4, seed=6))
+    # Temperature 0 decodes the prior means, whatever the noise.
+    np.testing.assert_allclose(model.sample(3, 0.0, seed=1), model.sample(3, 0.0, seed=2), atol=1e-6)
+    images_1, noise = model.sample(3, 1.0, seed=9, return_noise=True)
+    assert [n.shape[1:] for n in noise] == model.latent_shapes
+    np.testing.assert_array_equal(model.sample(3, 1.0, noise=noise), images_1)
+    assert not np.allclose(model.sample(3, 0.5, noise=noise), images_1)
+    reconstructions = model.reconstruct(images(3))
+    assert reconstructions.shape == (3, 8, 8, 3) and np.all((reconstructions >= 0) & (reconstructions <= 1))
+
+
+def test_save_and_load_reproduce_the_elbo_terms_with_the_same_noise(tmp_path):
+    model = tiny("gaussian", beta=0.5, dataset="tiny", grad_clip=100.0, skip_threshold=1e4)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)  # eager: no minutes of tracing
+    x = images(16)
+    model.fit(x, epochs=1, batch_size=8, verbose=0)  # moves the weights and the Gaussian's running sigma
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded, HierarchicalVAE)
+    assert (loaded.likelihood, loaded.dataset, loaded.latent_shapes) == ("gaussian", "tiny", model.latent_shapes)
+    assert (loaded.grad_clip, loaded.skip_threshold) == (100.0, 1e4)
+    assert float(loaded.beta.numpy()) == 0.5
+    assert float(loaded.gaussian_mse_average.numpy()) == float(model.gaussian_mse_average.numpy()) > 0
+    noise = model.draw_noise(16, seed=4)
+    for a, b in zip(model.elbo_terms(x, noise, per_group=True), loaded.elbo_terms(x, noise, per_group=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_array_equal(model.sample(2, seed=0), loaded.sample(2, seed=0))
+
+
+def test_training_steps_lower_the_loss_on_tiny_data():
+    model = tiny("discretized-logistic", image_shape=(8, 8, 1), latent_resolutions=(1, 4))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    x = bars(64)
+    noise = model.draw_noise(64, seed=0)
+    before = np.add(*model.elbo_terms(x, noise)).mean()
+    history = model.fit(x, epochs=10, batch_size=16, verbose=0).history  # a graph, as in the scripts
+    after = np.add(*model.elbo_terms(x, noise)).mean()
+    assert after < before - 50.0, (before, after)
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["skipped_updates"] == [0.0] * 10
+    assert {f"kl_group_{i}" for i in range(2)} <= set(history)
+
+
+def _weights(model):
+    return [w.numpy().copy() for w in model.trainable_weights]
+
+
+def test_gradient_clipping_bounds_the_update():
+    x = images(8)
+    changes = {}
+    for clip, loss_scaled in ((None, False), (1e-3, False), (1e-3, True)):
+        model = tiny(grad_clip=clip)
+        optimizer = keras.optimizers.SGD(1.0)
+        if loss_scaled:  # mixed_float16's optimizer: the norm must be of the unscaled gradient
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer, run_eagerly=True)
+        before = _weights(model)
+        model.fit(x, epochs=1, batch_size=8, verbose=0)
+        changes[clip, loss_scaled] = np.sqrt(sum(np.sum((a - w) ** 2) for a, w in zip(_weights(model), before)))
+    assert changes[None, False] > 1.0  # the unclipped norm is far above the threshold...
+    assert changes[1e-3, False] == pytest.approx(1e-3, rel=1e-3)  # ...and SGD moves exactly lr * clip
+    assert changes[1e-3, True] == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_skipped_updates_are_counted_and_leave_weights_and_ema_alone():
+    model = tiny(skip_threshold=1e-6)  # every finite gradient is "too large"
+    optimizer = keras.optimizers.Adam(1e-3)
+    model.compile(optimizer=optimizer, run_eagerly=True)
+    before = _weights(model)
+    history = model.fit(images(24), epochs=2, batch_size=8, verbose=0).history
+    assert history["skipped_updates"] == [3.0, 6.0]  # a running count across epochs
+    assert int(optimizer.iterations.numpy()) == 0
+    assert all(np.array_equal(a, w) for a, w in zip(_weights(model), before))
+
+    # A non-finite loss is skipped whatever the threshold, and the EMA of the weights (Keras'
+    # use_ema) only follows the updates that were applied.
+    model = tiny()
+    optimizer = keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.9)
+    model.compile(optimizer=optimizer, run_eagerly=True)
+    x = images(16)
+    x[12, 0, 0, 0] = np.nan  # in the second batch
+    before = _weights(model)
+    model.fit(x, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    assert float(model.skipped_updates.numpy()) == 1.0 and int(optimizer.iterations.numpy()) == 1
+    after = _weights(model)  # fit ends by copying the EMA into the weights (Keras)
+    assert all(np.all(np.isfinite(a)) for a in after)
+    assert any(not np.array_equal(a, w) for a, w in zip(after, before))
+    for a, average in zip(after, optimizer._model_variables_moving_average):
+        np.testing.assert_array_equal(a, average.numpy())
+
+
+def test_mixed_bfloat16_gives_float32_losses_and_finite_gradients():
+    try:
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+        model = tiny()
+        assert model.stem.compute_dtype == "bfloat16" and model.out_conv.compute_dtype == "float32"
+        x = images(8)
+        with tf.GradientTape() as tape:
+            reconstruction, kls = model.per_image_losses_by_group(x, training=True)
+            loss = tf.reduce_mean(reconstruction + tf.reduce_sum(kls, axis=1))
+        assert reconstruction.dtype == "float32" and kls.dtype == "float32"
+        gradients = tape.gradient(loss, model.trainable_weights)
+        assert np.isfinite(loss.numpy())
+        assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in gradients)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)
+        history = model.fit(x, epochs=2, batch_size=4, verbose=0).history
+        assert all(np.isfinite(history["loss"])) and history["skipped_updates"][-1] == 0.0
+        log_w = model.log_importance_weights(x[:2], model.draw_noise(2, 0, samples=3))
+        assert np.all(np.isfinite(log_w)) and np.all(np.isfinite(model.sample(2, seed=0)))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+@pytest.mark.slow  # a subprocess with two logical devices, ~25 s, as test_distribute's mirrored test
+def test_mirrored_step_equals_the_one_device_step():
+    # Batches of 128, 129 (65 + 64), 1 (an empty replica) and 64, clipping active on every step
+    # and one step skipped: norms and decisions must be the global batch's.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+    likelihoods = ("discretized-logistic-mixture", "gaussian")
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "hierarchical_distributed_step.py"), *likelihoods],
+                            env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    for likelihood in likelihoods:
+        out = results[likelihood]
+        assert out["replicas"] == 2
+        assert out["max_weight_change"] > 1e-4, out
+        assert out["max_relative_difference"] < 1e-6, (likelihood, out)
+        assert out["mirrored_loss"] == pytest.approx(out["single_loss"], rel=1e-5), (likelihood, out)
+        assert out["single_skipped"] == out["mirrored_skipped"] >= 1, (likelihood, out)
+        assert out["single_iterations"] == out["mirrored_iterations"] >= 1, (likelihood, out)
