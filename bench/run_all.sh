@@ -11,7 +11,7 @@ CIFAR_ARGS=${CIFAR_DIR:+--data-dir $CIFAR_DIR}
 # 1 + 3. Throughput and distance to the matmul limit: the keras.io loop and the kit back to back.
 $PY bench/throughput.py --epochs 5 --runs reference keras-io default | tee bench/results/throughput.md
 # What else was tried (kept only where faster).
-$PY bench/throughput.py --epochs 3 --runs keras-io-bf16 keras-io-xla keras-io-spe8 \
+$PY bench/throughput.py --epochs 3 --runs keras-io-bf16 keras-io-xla keras-io-spe10 \
     --out bench/results/throughput_tried.json | tee bench/results/throughput_tried.md
 
 # oneDNN and thread settings, each against the same baseline run just before it.

@@ -1,7 +1,7 @@
 """Training throughput on Fashion-MNIST, run back to back: the plain keras.io loop and the kit.
 
     python bench/throughput.py --epochs 5 --runs reference keras-io default
-    python bench/throughput.py --epochs 3 --runs keras-io keras-io-bf16 keras-io-xla keras-io-spe8
+    python bench/throughput.py --epochs 3 --runs keras-io keras-io-bf16 keras-io-xla keras-io-spe10
 
 For each run: steady epoch seconds (median of the epochs after the first), training images/s,
 peak resident memory, training FLOPs per image from the layer shapes, and the fraction of this
@@ -28,7 +28,7 @@ RUNS = {
     "default": [],
     "keras-io-bf16": ["--preset", "keras-io", "--mixed-precision"],
     "keras-io-xla": ["--preset", "keras-io", "--jit-compile"],
-    "keras-io-spe8": ["--preset", "keras-io", "--steps-per-execution", "8"],
+    "keras-io-spe10": ["--preset", "keras-io", "--steps-per-execution", "10"],
     "default-bf16": ["--mixed-precision"],
 }
 

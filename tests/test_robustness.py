@@ -200,7 +200,7 @@ def start_run_with_a_long_evaluation(fashion_dir, outdir):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "vae_fashion_mnist.py"), "--data-dir", str(fashion_dir), "--epochs", "1",
-         "--limit", "64", "--outdir", str(outdir), *TINY_MODEL, "--fd-images", "0", "--iw-samples", "3000",
+         "--limit", "64", "--outdir", str(outdir), *TINY_MODEL, *TEST_VALIDATION, "--fd-images", "0", "--iw-samples", "3000",
          "--iwae-images", "128"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.PIPE, text=True)
     return process
 
