@@ -109,9 +109,14 @@ EIGHT_BITS = 8.0  # log2 of the 256 bins of width 1/256 that dequantization spre
 SSIM_FILTER_SIZE = 11  # tf.image.ssim's default Gaussian window; smaller images get no SSIM
 
 
-def to_uint8(x):
-    """Images in [0, 1] -> their 8-bit levels round(255 x)."""
-    return np.clip(np.round(np.asarray(x, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+def to_uint8(x, chunk=4096):
+    """Images in [0, 1] -> their 8-bit levels round(255 x), a chunk of images at a time so the
+    temporaries stay small (float32 is exact here: 255 x is within 1e-4 of an integer)."""
+    x = np.asarray(x)
+    out = np.empty(x.shape, dtype=np.uint8)
+    for i in range(0, len(x), chunk):
+        out[i:i + chunk] = np.clip(np.rint(x[i:i + chunk].astype(np.float32) * 255.0), 0, 255)
+    return out
 
 
 def dequantize(x, seed=0):

@@ -48,3 +48,11 @@ def test_only_the_chief_writes_tensorboard_logs(tmp_path, monkeypatch):
         kinds[chief] = [type(c) for c in run.training_callbacks(config, FASHION_MNIST, splits, [])]
     assert keras.callbacks.TensorBoard in kinds[True]
     assert keras.callbacks.TensorBoard not in kinds[False] and len(kinds[False]) == len(kinds[True]) - 1
+
+
+def test_to_uint8_recovers_every_8_bit_level_from_the_loaders_floats():
+    from kit.evaluate import to_uint8
+    levels = np.arange(256, dtype=np.uint8)
+    x = (levels.astype(np.float32) / 255.0).reshape(1, 16, 16, 1)
+    np.testing.assert_array_equal(to_uint8(np.repeat(x, 5, axis=0), chunk=2).reshape(5, -1), np.tile(levels, (5, 1)))
+    assert to_uint8(np.array([[-0.2, 1.3, 0.5 / 255, 0.49 / 255]])).tolist() == [[0, 255, 1, 0]]
