@@ -55,4 +55,4 @@ def test_to_uint8_recovers_every_8_bit_level_from_the_loaders_floats():
     levels = np.arange(256, dtype=np.uint8)
     x = (levels.astype(np.float32) / 255.0).reshape(1, 16, 16, 1)
     np.testing.assert_array_equal(to_uint8(np.repeat(x, 5, axis=0), chunk=2).reshape(5, -1), np.tile(levels, (5, 1)))
-    assert to_uint8(np.array([[-0.2, 1.3, 0.5 / 255, 0.49 / 255]])).tolist() == [[0, 255, 1, 0]]
+    assert to_uint8(np.array([[-0.2, 1.3, 0.51 / 255, 0.49 / 255]])).tolist() == [[0, 255, 1, 0]]
