@@ -49,7 +49,7 @@ def plot_loss_curves(history, path, title=""):
     epochs = np.asarray(history["epoch"])
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
     for ax, (key, label) in zip(axes, LOSS_PANELS):
-        for prefix, style, name in (("", "o-", "train"), ("val_", "s--", "validation (test split)")):
+        for prefix, style, name in (("", "o-", "train"), ("val_", "s--", "validation (held-out training images)")):
             values = history.get(prefix + key)
             if values is not None and len(values):
                 ax.plot(epochs, values, style, markersize=3, label=name)
