@@ -234,9 +234,10 @@ def start_run_folder(config, spec, splits):
     if not is_chief():
         return
     outdir = Path(config.outdir)
-    if not config.resume:
+    if not config.resume:  # and the pictures that only one architecture (or a 2-D latent) draws
         for stale in ("metrics.json", "model.keras", "latent_gmm.npz", "history.csv",
-                      "checkpoint/state.json"):
+                      "checkpoint/state.json", "samples_gmm.png", "latent_manifold.png",
+                      "samples_temperatures.png", "kl_per_group.png"):
             (outdir / stale).unlink(missing_ok=True)
     warning = free_space_warning(outdir, estimate_for(config, spec.image_shape).model_file_bytes)
     if warning:
