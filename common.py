@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from kit.model_options import (ARCHITECTURES, GAUSSIAN_SIGMA_MODES, LIKELIHOODS,  # noqa: F401
+from kit.model_options import (CONV_ARCHITECTURES, GAUSSIAN_SIGMA_MODES, LIKELIHOODS,  # noqa: F401
                                check_components, decoder_output_channels, mixture_channels_per_component)
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -110,8 +110,8 @@ def build_decoder(latent_dim, image_shape, conv_filters, dense_units, kernel_siz
 
 
 def _check_arch(arch, blocks_per_resolution):
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"arch must be one of {ARCHITECTURES}, not {arch!r}")
+    if arch not in CONV_ARCHITECTURES:  # "hierarchical" is kit/hierarchical_vae.py's own model
+        raise ValueError(f"arch must be one of {CONV_ARCHITECTURES}, not {arch!r}")
     if arch == "resnet" and (int(blocks_per_resolution) != blocks_per_resolution
                              or blocks_per_resolution < 1):
         raise ValueError(f"blocks_per_resolution must be an integer >= 1, not {blocks_per_resolution!r}")

@@ -3,7 +3,7 @@
     python vae_cifar10.py --help
 
 Top to bottom: the defaults table, then main(): options, data, model, fit, evaluation, pictures.
-The model and its maths are in common.py; the named helpers in kit/.
+The models and their maths are in common.py and kit/hierarchical_vae.py; the named helpers in kit/.
 """
 import sys
 
@@ -12,27 +12,38 @@ from kit.data import load_cifar10
 from kit.errors import exit_code_of
 from kit.guards import claim_outdir
 
+# Chosen by measurement on the CIFAR-10 JPEG copy (docs/BENCHMARKS.md): the calibrated
+# Gaussian and a 256-dim latent straight from the 4x4x128 features gave the best
+# reconstructions in the same 10 epochs. The seed's BCE is --likelihood bernoulli.
+DEFAULT = dict(latent_dim=256, epochs=10, batch_size=128, beta=1.0, lr=1e-3,
+               lr_schedule="cosine", kl_warmup=0, likelihood="gaussian",
+               gaussian_sigma="optimal", mixture_components=5, arch="plain",
+               blocks_per_resolution=1,
+               encoder_filters=[32, 64, 128], encoder_dense=[],
+               decoder_filters=[128, 64, 32], decoder_dense=[],
+               # --arch hierarchical (kit/hierarchical_vae.py; resolutions 32, 16, 8, 4, 1): the
+               # configuration its author measured (bench/hierarchical_smoke.py), and VDVAE's
+               # gradient clip and skip threshold, 200 and 400 per dimension, times 3,072 dims.
+               hvae_widths=[64], hvae_blocks=[1, 1, 2, 2, 1], latent_channels=8,
+               latent_resolutions=[1, 4, 4, 8, 8, 8, 16, 16],
+               grad_clip=614_400.0, skip_threshold=1_228_800.0)
+
 CIFAR10 = DatasetSpec(
     name="cifar10", title="CIFAR-10", image_shape=(32, 32, 3), load=load_cifar10,
     default_outdir="outputs/cifar10",
     presets={
-        # Chosen by measurement on the CIFAR-10 JPEG copy (docs/BENCHMARKS.md): the calibrated
-        # Gaussian and a 256-dim latent straight from the 4x4x128 features gave the best
-        # reconstructions in the same 10 epochs. The seed's BCE is --likelihood bernoulli.
-        "default": dict(latent_dim=256, epochs=10, batch_size=128, beta=1.0, lr=1e-3,
-                        lr_schedule="cosine", kl_warmup=0, likelihood="gaussian",
-                        gaussian_sigma="optimal", mixture_components=5, arch="plain",
-                        blocks_per_resolution=1,
-                        encoder_filters=[32, 64, 128], encoder_dense=[],
-                        decoder_filters=[128, 64, 32], decoder_dense=[]),
-        "keras-io": KERAS_IO_PRESET,
+        "default": DEFAULT,
+        # The hierarchical VAE with the likelihood, batch size and learning rate of its author's runs.
+        "hierarchical": {**DEFAULT, "arch": "hierarchical", "likelihood": "discretized-logistic-mixture",
+                         "batch_size": 32, "lr": 2e-3},
+        "keras-io": {**DEFAULT, **KERAS_IO_PRESET},  # the example's model; the hierarchical options stay
     })
 
 
 def main(argv=None):
     config = parse_config(CIFAR10, argv)  # a bad option: one line, exit 2, no TensorFlow yet
     claim_outdir(config.outdir)  # one run per folder: another run there is refused with exit 2
-    from common import build_vae  # TensorFlow takes seconds to import
+    from kit.models import build_model  # TensorFlow takes seconds to import
     from kit import run
 
     strategy = run.set_up_runtime(config)  # seeds, precision policy, tf.distribute strategy
@@ -45,8 +56,8 @@ def main(argv=None):
         if config.resume:  # weights, optimizer state and history from the checkpoint
             model, history = run.resume_from_checkpoint(config, CIFAR10)
         else:
-            model, history = build_vae(CIFAR10.image_shape, dataset=CIFAR10.name,
-                                       seed=config.seed, **config.model_options()), []
+            model, history = build_model(CIFAR10.image_shape, dataset=CIFAR10.name,
+                                         seed=config.seed, **config.model_options()), []
             model.compile(optimizer=run.adam(config, steps_per_epoch), jit_compile=config.jit_compile,
                           steps_per_execution=config.steps_per_execution)
     model.summary()
@@ -61,7 +72,7 @@ def main(argv=None):
         return 0  # in a cluster, the chief writes the results
     with run.finish_hint_on_stop(config, history):  # Ctrl-C here says how to finish with --resume
         run.save_model(model, config)
-        gmm = run.fit_latent_gmm(model, config, splits)  # ex-post sampler (Ghosh et al. 2020)
+        gmm = run.fit_latent_gmm(model, config, splits)  # ex-post sampler (Ghosh et al. 2020), or None
         evaluation = run.evaluate(model, config, CIFAR10, splits, history, gmm)  # the test split
         run.draw_pictures(model, config, CIFAR10, splits, history, gmm, evaluation)
         run.save_metrics(config, evaluation.metrics)  # last: metrics.json marks a finished run

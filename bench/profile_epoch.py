@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-from common import build_vae  # noqa: E402
+from kit.models import build_model  # noqa: E402
 from kit.config import parse_config  # noqa: E402
 from kit.run import adam, train_batches  # noqa: E402
 from vae_fashion_mnist import FASHION_MNIST  # noqa: E402
@@ -56,7 +56,7 @@ def main():
                                           str(ROOT / "bench" / "results" / "profile")])
     keras.utils.set_random_seed(0)
     x = FASHION_MNIST.load(None).x_train
-    model = build_vae(FASHION_MNIST.image_shape, seed=0, **config.model_options())
+    model = build_model(FASHION_MNIST.image_shape, dataset=None, seed=0, **config.model_options())
     model.compile(optimizer=adam(config, args.steps))
 
     # Input pipeline alone: how fast can batches arrive?

@@ -56,12 +56,13 @@ def run_kit(name, epochs):
 def flops_of(name):
     """Training FLOPs per image of the architecture a run uses."""
     from flops import training_flops_per_image
-    from common import build_vae
+    from kit.models import build_model
     from kit.config import parse_config
     from vae_fashion_mnist import FASHION_MNIST
     preset = "keras-io" if name == "reference" or "keras-io" in name else "default"
     config = parse_config(FASHION_MNIST, ["--preset", preset, "--outdir", str(RESULTS)])
-    return training_flops_per_image(build_vae(FASHION_MNIST.image_shape, **config.model_options()))
+    return training_flops_per_image(build_model(FASHION_MNIST.image_shape, dataset=None, seed=None,
+                                                **config.model_options()))
 
 
 def main():

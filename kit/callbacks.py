@@ -132,8 +132,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
             self.plot_history(self.history)
 
 
-def sampling_layer(model):
-    return model.encoder.get_layer("sampling")
+def sampling_seed_generator(model):
+    """The SeedGenerator of training's posterior samples: the seed VAE's Sampling layer's, or the
+    hierarchical VAE's own."""
+    if hasattr(model, "encoder"):
+        return model.encoder.get_layer("sampling").seed_generator
+    return model.seed_generator
 
 
 def save_checkpoint(model, directory, epoch, history):
@@ -144,7 +148,7 @@ def save_checkpoint(model, directory, epoch, history):
     state = {"epoch": epoch, "model": name, "history": history,
              # .keras files do not hold the SeedGenerator's state; without it a resumed run
              # would draw the same eps as epoch 1 again.
-             "sampling_seed_state": keras.ops.convert_to_numpy(sampling_layer(model).seed_generator.state).tolist()}
+             "sampling_seed_state": keras.ops.convert_to_numpy(sampling_seed_generator(model).state).tolist()}
     write_json(directory / "state.json", state)
     for old in directory.glob("ckpt-epoch*.keras"):
         if old.name != name:
@@ -158,7 +162,7 @@ def load_checkpoint(directory):
     path = validate_state(state, directory)
     model = load_model_file(path, lambda why: DamagedRunError(
         f"the checkpoint in {directory} is damaged: cannot load {path.name} ({why})"))
-    seed_state = sampling_layer(model).seed_generator.state
+    seed_state = sampling_seed_generator(model).state
     seed_state.assign(np.asarray(state["sampling_seed_state"], dtype=seed_state.dtype))
     return model, state
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from kit.errors import DamagedRunError, UsageError
-from kit.guards import (GB, estimate_for, feature_cache_problem, folder_problem, is_int, memory_problem,
-                        physical_memory_bytes, read_json_object)
-from kit.model_options import ARCHITECTURES, GAUSSIAN_SIGMA_MODES, LIKELIHOODS
+from kit.guards import (GB, SMALLER_HIERARCHICAL_MODEL, SMALLER_MODEL, estimate_for, feature_cache_problem,
+                        folder_problem, is_int, memory_problem, physical_memory_bytes, read_json_object)
+from kit.model_options import ARCHITECTURES, GAUSSIAN_SIGMA_MODES, LIKELIHOODS, resolution_chain
 
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "cosine")
@@ -30,19 +30,20 @@ KERAS_IO_PRESET = dict(latent_dim=2, epochs=30, batch_size=128, beta=1.0, lr=1e-
 
 # Options that are the same for every data set (the data sets' tables hold the rest).
 RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, validation_images=5000, iw_samples=100,
-                    iwae_images=1000,
+                    iwae_images=1000, temperature=1.0,
                     fd_images=10_000, gmm_components=10, refresh_feature_net=False, eval_only=None, resume=False, tensorboard=False, distribute="none",
                     mixed_precision=False, deterministic=True,
                     jit_compile=False,  # XLA is slower on CPU: docs/BENCHMARKS.md
                     steps_per_execution=1)
 
 # What --resume may change: the rest is fixed by the checkpoint (weights, optimizer, data order).
-RESUMABLE = ("epochs", "iw_samples", "iwae_images", "fd_images", "gmm_components",
+RESUMABLE = ("epochs", "iw_samples", "iwae_images", "temperature", "fd_images", "gmm_components",
              "refresh_feature_net", "tensorboard", "data_dir", "outdir", "resume")
 # What --eval-only honours: the model file fixes the model, and nothing is trained (the validation
 # images are still held out of the training images that the latent GMM is fitted to).
 EVAL_ONLY_OPTIONS = ("eval_only", "seed", "outdir", "data_dir", "limit", "validation_images",
-                     "iw_samples", "iwae_images", "fd_images", "gmm_components", "refresh_feature_net")
+                     "iw_samples", "iwae_images", "temperature", "fd_images", "gmm_components",
+                     "refresh_feature_net")
 
 GMM_FIT_IMAGES = 20_000  # posterior means the latent GMM is fitted to: enough for 10 components
 FD_MIN_IMAGES = 2  # a covariance of the features needs at least two images per set
@@ -89,6 +90,13 @@ class Config:
     encoder_dense: list
     decoder_filters: list
     decoder_dense: list
+    # --arch hierarchical only (the plain and resnet models ignore these)
+    hvae_widths: list
+    hvae_blocks: list
+    latent_channels: int
+    latent_resolutions: list
+    grad_clip: float
+    skip_threshold: float
     # the run: RUN_DEFAULTS
     seed: int
     outdir: str
@@ -97,6 +105,7 @@ class Config:
     validation_images: int
     iw_samples: int
     iwae_images: int
+    temperature: float
     fd_images: int
     gmm_components: int
     refresh_feature_net: bool
@@ -117,16 +126,21 @@ class Config:
         return values
 
     def model_options(self):
-        """The keyword arguments of common.build_vae that come from the options."""
+        """The keyword arguments of kit.models.build_model that come from the options (it passes
+        each architecture the ones it uses)."""
         return {name: getattr(self, name) for name in
                 ("latent_dim", "encoder_filters", "encoder_dense", "decoder_filters",
                  "decoder_dense", "beta", "likelihood", "gaussian_sigma", "mixture_components",
-                 "arch", "blocks_per_resolution")}
+                 "arch", "blocks_per_resolution", *HIERARCHICAL_FIELDS)}
 
 
+# The hierarchical VAE's own options (kit/hierarchical_vae.py), in every data set's tables.
+HIERARCHICAL_FIELDS = ("hvae_widths", "hvae_blocks", "latent_channels", "latent_resolutions",
+                       "grad_clip", "skip_threshold")
 MODEL_FIELDS = ("latent_dim", "epochs", "batch_size", "beta", "lr", "lr_schedule", "kl_warmup",
                 "likelihood", "gaussian_sigma", "mixture_components", "arch", "blocks_per_resolution",
-                "encoder_filters", "encoder_dense", "decoder_filters", "decoder_dense")
+                "encoder_filters", "encoder_dense", "decoder_filters", "decoder_dense",
+                *HIERARCHICAL_FIELDS)
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
@@ -164,13 +178,29 @@ def build_parser(spec):
                    help="gaussian: the batch's optimal shared sigma, or a learned one (default optimal)")
     p.add_argument("--mixture-components", type=int, metavar="K",
                    help="discretized-logistic-mixture: logistics per pixel (default 5)")
-    p.add_argument("--arch", choices=ARCHITECTURES, help="plain conv stacks, or residual blocks")
+    p.add_argument("--arch", choices=ARCHITECTURES,
+                   help="plain conv stacks, residual blocks, or the hierarchical VAE (README: Hierarchical VAE)")
     p.add_argument("--blocks-per-resolution", type=int, metavar="N",
                    help="resnet: residual blocks after each stride-2 layer (default 1)")
     p.add_argument("--encoder-filters", type=int_list, metavar="F1,F2", help="strided Conv2D widths")
     p.add_argument("--encoder-dense", type=int_list, metavar="U1,..", help="Dense widths after the convs")
     p.add_argument("--decoder-filters", type=int_list, metavar="F1,F2", help="Conv2DTranspose widths")
     p.add_argument("--decoder-dense", type=int_list, metavar="U1,..", help="Dense widths before the reshape")
+    p.add_argument("--hvae-widths", type=int_list, metavar="W1,..",
+                   help=f"hierarchical: channels of the stream, one width or one per resolution "
+                        f"{','.join(map(str, resolution_chain(spec.image_shape[0])))}")
+    p.add_argument("--hvae-blocks", type=int_list, metavar="N1,..",
+                   help="hierarchical: encoder residual blocks, one count or one per resolution")
+    p.add_argument("--latent-channels", type=int, metavar="C", help="hierarchical: channels of each latent group")
+    p.add_argument("--latent-resolutions", type=int_list, metavar="R1,..",
+                   help="hierarchical: the resolution of every latent group, coarse first (repeat one "
+                        "for several groups there)")
+    p.add_argument("--grad-clip", type=float, metavar="NORM",
+                   help="hierarchical: clip the gradient's global norm (of the per-image loss) to NORM; "
+                        "0 = off (default VDVAE's 200 per dimension)")
+    p.add_argument("--skip-threshold", type=float, metavar="NORM",
+                   help="hierarchical: skip updates whose gradient norm is above NORM; 0 = only "
+                        "non-finite ones (default VDVAE's 400 per dimension)")
     p.add_argument("--seed", type=int, help="seeds Python, NumPy and Keras (default 0)")
     p.add_argument("--outdir", help=f"where outputs go (default {spec.default_outdir})")
     p.add_argument("--data-dir", help="folder with the official data files (no fallback)")
@@ -181,6 +211,9 @@ def build_parser(spec):
                         "(default 5000). The test split is evaluated once, at the end")
     p.add_argument("--iw-samples", type=int, metavar="K", help="IWAE samples per image, 0 = off (default 100)")
     p.add_argument("--iwae-images", type=int, metavar="N", help="test images for IWAE (default 1000)")
+    p.add_argument("--temperature", type=float, metavar="T",
+                   help="samples.png and the prior samples' Fréchet distance: the prior's std times T "
+                        "(default 1)")
     p.add_argument("--fd-images", type=int, metavar="N",
                    help="images per set for the Fréchet distances, 0 = off (default 10000)")
     p.add_argument("--gmm-components", type=int, metavar="K",
@@ -288,7 +321,7 @@ def type_name(kind):
 def value_problem(v, spec):
     """The first out-of-range option value in a dict of options, as a message, or None."""
     for name in ("epochs", "batch_size", "latent_dim", "iwae_images", "steps_per_execution",
-                 "mixture_components", "blocks_per_resolution"):
+                 "mixture_components", "blocks_per_resolution", "latent_channels"):
         if v[name] <= 0:
             return f"{option(name)} must be > 0, got {v[name]}"
     if v["limit"] is not None and v["limit"] <= 0:
@@ -299,6 +332,10 @@ def value_problem(v, spec):
                    f"(at most {FLOAT32_MAX:.4g}, float32), got {v[name]}"
     if v["beta"] < 0:
         return f"--beta must be a finite number >= 0, got {v['beta']}"
+    for name, off in (("temperature", ""), ("grad_clip", "0 is off; "), ("skip_threshold", "0 is off; ")):
+        if not (math.isfinite(v[name]) and 0 <= v[name] <= FLOAT32_MAX):
+            return (f"{option(name)} must be a finite number >= 0 ({off}at most {FLOAT32_MAX:.4g}, "
+                    f"float32), got {v[name]}")
     if v["lr"] <= 0:
         return f"--lr must be a finite number > 0, got {v['lr']}"
     if v["gmm_components"] <= 0:
@@ -310,16 +347,17 @@ def value_problem(v, spec):
         if kind in (int, Optional[int]) and v.get(name) is not None and v[name] > INT64_MAX:
             return f"{option(name)} must be at most 2**63 - 1, got {v[name]}"
         if kind is list and any(width > INT64_MAX for width in v[name]):
-            return f"{option(name)}: widths must be at most 2**63 - 1, got {shown(v[name])}"
+            return f"{option(name)}: values must be at most 2**63 - 1, got {shown(v[name])}"
     if not 0 <= v["seed"] <= SEED_MAX:
         return f"--seed must be in 0 .. 2**32 - 1 (NumPy's seed range), got {v['seed']}"
     if 0 < v["fd_images"] < FD_MIN_IMAGES:
         return (f"--fd-images must be 0 (off) or at least {FD_MIN_IMAGES}: a Fréchet distance needs "
                 f"the covariance of {FD_MIN_IMAGES} or more images, got {v['fd_images']}")
+    hierarchical = v["arch"] == "hierarchical"  # it has no single latent vector: no GMM sampler
     if v["gmm_components"] > GMM_FIT_IMAGES:
         return (f"--gmm-components must be at most {GMM_FIT_IMAGES:,}, the posterior means the GMM is "
                 f"fitted to, got {v['gmm_components']}")
-    if v["limit"] is not None and v["limit"] < v["gmm_components"]:
+    if v["limit"] is not None and v["limit"] < v["gmm_components"] and not hierarchical:
         return (f"--limit {v['limit']} is below --gmm-components {v['gmm_components']}: the GMM is "
                 f"fitted to the training images' posterior means, one or more per component")
     if v["limit"] is not None and v["fd_images"] and v["limit"] < FD_MIN_IMAGES:
@@ -330,6 +368,9 @@ def value_problem(v, spec):
                           ("distribute", DISTRIBUTE), ("preset", tuple(spec.presets))):
         if v[name] not in choices:
             return f"{option(name)} must be one of {', '.join(choices)}, got {v[name]!r}"
+    problem = hierarchical_problem(v, spec)
+    if problem or hierarchical:  # the hierarchical VAE has no encoder or decoder filters
+        return problem
     if not v["encoder_filters"] or not v["decoder_filters"]:
         return "--encoder-filters and --decoder-filters need at least one width"
     height, width = spec.image_shape[:2]
@@ -340,12 +381,32 @@ def value_problem(v, spec):
     return None
 
 
+def hierarchical_problem(v, spec):
+    """The first out-of-range value of the hierarchical VAE's options, as a message, or None.
+    Checked whatever --arch is: a bad value is refused, not ignored until it is used."""
+    chain = resolution_chain(spec.image_shape[0])
+    shown_chain = ",".join(map(str, chain))
+    for name, what in (("hvae_widths", "width"), ("hvae_blocks", "count")):
+        if len(v[name]) not in (1, len(chain)):
+            return (f"{option(name)} needs one {what} or one per resolution {shown_chain} "
+                    f"({len(chain)}), got {shown(v[name])}")
+    if not v["latent_resolutions"]:
+        return "--latent-resolutions needs at least one latent group"
+    for r in v["latent_resolutions"]:
+        if r not in chain:
+            return (f"--latent-resolutions: {r} is not a resolution of the hierarchical VAE on "
+                    f"{spec.image_shape[0]}x{spec.image_shape[1]} images ({shown_chain})")
+    return None
+
+
 def gmm_memory_problem(c, fraction=0.5):
     """None, or one line when fitting the latent GMM (full covariances, scikit-learn, float64)
     would need more than `fraction` of this machine's memory: 4 arrays of K x L x L (covariances,
     precisions, their Cholesky factors, a working copy) and 6 of N x K (k-means distances, log
     probabilities, responsibilities). Measured: 139 MB for K 200, L 128, N 5,000 (estimate 158);
     996 MB for K 2,000, L 32, N 10,000 (estimate 1,027)."""
+    if c.arch == "hierarchical":  # no latent GMM is fitted
+        return None
     images = min(c.limit or GMM_FIT_IMAGES, GMM_FIT_IMAGES)
     k, latent = c.gmm_components, c.latent_dim
     needed = 8 * (4 * k * latent * latent + 6 * images * k + images * latent)
@@ -369,7 +430,9 @@ def eval_only_problem(c):
 
 def find_problem(c, spec):
     """The first thing wrong with a config, as a message, or None."""
-    problem = (value_problem(c.to_dict(), spec) or memory_problem(estimate_for(c, spec.image_shape))
+    advice = SMALLER_HIERARCHICAL_MODEL if c.arch == "hierarchical" else SMALLER_MODEL
+    problem = (value_problem(c.to_dict(), spec)
+               or memory_problem(estimate_for(c, spec.image_shape), advice=advice)
                or gmm_memory_problem(c))
     if problem:
         return problem
@@ -409,7 +472,7 @@ def outdir_problem(outdir):
 
 def data_problem(c, train_images, test_images):
     """What the loaded data is too small for (checked before training), as a message, or None."""
-    if train_images < c.gmm_components:
+    if train_images < c.gmm_components and c.arch != "hierarchical":
         return (f"--gmm-components {c.gmm_components} needs as many training images, the data has "
                 f"{train_images}")
     if c.fd_images and min(train_images, test_images) < FD_MIN_IMAGES:

@@ -3,7 +3,9 @@ reconstruction MSE / PSNR / SSIM and 8-bit bits/dim, which every likelihood shar
 lossless codecs (PNG, WebP) need for the same test images.
 
 All values are nats per image unless the name says bits_per_dim. Noise comes from NumPy with a
-fixed seed, so the same model and seed give the same numbers in any run.
+fixed seed, so the same model and seed give the same numbers in any run. The hierarchical VAE
+(kit/hierarchical_vae.py) is measured the same way through its own elbo_terms,
+log_importance_weights, reconstruct and sample, with noise from its draw_noise.
 """
 import io
 import math
@@ -14,6 +16,8 @@ import tensorflow as tf
 from PIL import Image, features
 
 from common import gaussian_kl, log_normal, reparameterize
+from kit import hierarchical_vae
+from kit.models import is_hierarchical
 
 EVAL_BATCH = 1000
 IWAE_DECODES_PER_CALL = 4000  # the most decodes (samples x images) of one IWAE call
@@ -26,13 +30,28 @@ def _elbo_terms(model, x, eps):
     return model.reconstruction_nll(x, logits), gaussian_kl(z_mean, z_log_var)
 
 
-def elbo_terms(model, x, seed=0, batch_size=EVAL_BATCH):
-    """Per-image reconstruction NLL and KL (beta = 1), one z per image drawn with `seed`."""
+def elbo_terms(model, x, seed=0, batch_size=EVAL_BATCH, per_group=False):
+    """Per-image reconstruction NLL and KL (beta = 1), one z per image drawn with `seed`.
+    per_group: the KL as (N, groups), one column per latent group of a hierarchical VAE (one
+    column for the seed VAE's single latent vector)."""
+    if is_hierarchical(model):
+        return _hierarchical_elbo_terms(model, x, seed, batch_size, per_group)
     eps = np.random.default_rng(seed).standard_normal((len(x), model.latent_dim)).astype(np.float32)
     parts = [_elbo_terms(model, x[i:i + batch_size], eps[i:i + batch_size])
              for i in range(0, len(x), batch_size)]
-    return (np.concatenate([p[0].numpy() for p in parts]),
-            np.concatenate([p[1].numpy() for p in parts]))
+    kl = np.concatenate([p[1].numpy() for p in parts])
+    return np.concatenate([p[0].numpy() for p in parts]), (kl[:, None] if per_group else kl)
+
+
+def _hierarchical_elbo_terms(model, x, seed, batch_size, per_group):
+    """The hierarchical VAE's elbo_terms with noise from its draw_noise, drawn batch by batch from
+    one generator seeded with `seed` (so the noise never takes more memory than a batch's)."""
+    rng = np.random.default_rng(seed)
+    parts = [model.elbo_terms(x[i:i + batch_size], model.draw_noise(len(x[i:i + batch_size]), rng),
+                              per_group=True)
+             for i in range(0, len(x), batch_size)]
+    kls = np.concatenate([p[1] for p in parts])
+    return np.concatenate([p[0] for p in parts]), (kls if per_group else kls.sum(axis=1))
 
 
 @tf.function(reduce_retracing=True)
@@ -54,14 +73,21 @@ def log_importance_weights(model, x, eps):
     return log_px + log_pz - log_qz
 
 
-def iwae_nll(model, x, k, seed=0, progress=False, decodes_per_call=IWAE_DECODES_PER_CALL):
+def iwae_nll(model, x, k, seed=0, progress=False, decodes_per_call=None):
     """Per-image −log p(x) estimate −log (1/K) Σ w_k, computed with log-sum-exp (never exp(log w)).
 
-    At most `decodes_per_call` decodes at once, so memory does not grow with K: images go in
-    groups of decodes_per_call // K, and when K alone is larger, one image at a time with its K
-    samples in slices whose log-sum-exps are combined by np.logaddexp. Slicing along K draws
-    the same noise as one call, so the estimate does not depend on how K is sliced.
+    At most `decodes_per_call` decodes at once (default IWAE_DECODES_PER_CALL, or the hierarchical
+    VAE's own, smaller, limit), so memory does not grow with K: images go in groups of
+    decodes_per_call // K, and when K alone is larger, one image at a time with its K samples in
+    slices whose log-sum-exps are combined by np.logaddexp. For the seed VAE, slicing along K draws
+    the same noise as one call, so the estimate does not depend on how K is sliced; the
+    hierarchical VAE's noise is drawn slice by slice (by its draw_noise, one generator seeded with
+    `seed`), the same in every run.
     """
+    if is_hierarchical(model):
+        return _hierarchical_iwae_nll(model, x, k, seed, progress,
+                                      decodes_per_call or hierarchical_vae.IWAE_DECODES_PER_CALL)
+    decodes_per_call = decodes_per_call or IWAE_DECODES_PER_CALL
     rng = np.random.default_rng(seed)
     per_call = max(1, decodes_per_call // k)
     samples_per_call = max(1, min(k, decodes_per_call))
@@ -77,6 +103,28 @@ def iwae_nll(model, x, k, seed=0, progress=False, decodes_per_call=IWAE_DECODES_
             part = tf.reduce_logsumexp(log_w, axis=0).numpy()
             log_sum_w = part if log_sum_w is None else np.logaddexp(log_sum_w, part)
         out.append(-(log_sum_w - np.float32(math.log(k))))
+        if bar:
+            bar.add(len(chunk))
+    return np.concatenate(out)
+
+
+def _hierarchical_iwae_nll(model, x, k, seed, progress, decodes_per_call):
+    """iwae_nll through the hierarchical VAE's log_importance_weights (IWAE with its hierarchical
+    prior and posterior), in the same bounded slices."""
+    rng = np.random.default_rng(seed)
+    per_call = max(1, decodes_per_call // k)
+    samples_per_call = max(1, min(k, decodes_per_call))
+    bar = keras.utils.Progbar(len(x), unit_name="image") if progress else None
+    out = []
+    for i in range(0, len(x), per_call):
+        chunk = np.asarray(x[i:i + per_call], dtype=np.float32)
+        log_sum_w = None
+        for start in range(0, k, samples_per_call):
+            noise = model.draw_noise(len(chunk), rng, samples=min(samples_per_call, k - start))
+            log_w = model.log_importance_weights(chunk, noise, decodes_per_call=decodes_per_call)
+            part = np.logaddexp.reduce(log_w.astype(np.float64), axis=0)
+            log_sum_w = part if log_sum_w is None else np.logaddexp(log_sum_w, part)
+        out.append(-(log_sum_w - math.log(k)))
         if bar:
             bar.add(len(chunk))
     return np.concatenate(out)
@@ -188,12 +236,16 @@ def compute_metrics(model, x_test, iw_samples, iwae_images, seed=0, progress=Fal
     """metrics.json's numbers for `model` on the test images (see README, Evaluation);
     `reconstructions` of x_test by reconstruct() when the caller has them already."""
     dims = int(np.prod(x_test.shape[1:]))
-    reconstruction, kl = elbo_terms(model, x_test, seed)
+    reconstruction, kl_by_group = elbo_terms(model, x_test, seed, per_group=True)
+    kl = kl_by_group.sum(axis=1)
     neg_elbo = float(np.mean(reconstruction + kl))
     metrics = {"test_reconstruction": float(np.mean(reconstruction)), "test_kl": float(np.mean(kl)),
                "test_neg_elbo": neg_elbo, "test_images": int(len(x_test)),
                "test_neg_elbo_bits_per_dim": bits_per_dim(neg_elbo, dims),
                "likelihood": model.likelihood, "iw_samples": int(iw_samples)}
+    if is_hierarchical(model):  # which groups the model uses: their share of test_kl
+        metrics["kl_per_group"] = [{"group": i, "resolution": int(r), "kl": float(np.mean(kl_by_group[:, i]))}
+                                   for i, r in enumerate(model.group_resolutions)]
     subset = x_test[:iwae_images]
     if iw_samples > 0:
         if progress:
@@ -253,13 +305,36 @@ def dequantized_bits_per_dim(model, x, dims, iw_samples, iwae_images, seed=0):
 
 
 def posterior_means(model, x, batch_size=EVAL_BATCH):
+    """The seed VAE's posterior means; for the hierarchical VAE, the top (coarsest) latent group's
+    posterior means, flattened (what its latent-space picture and interpolations use)."""
+    if is_hierarchical(model):
+        return np.concatenate([_top_group_means(model, x[i:i + batch_size]).numpy()
+                               for i in range(0, len(x), batch_size)])
     return np.concatenate([model.encode(x[i:i + batch_size])[0].numpy()
                            for i in range(0, len(x), batch_size)])
 
 
+@tf.function(reduce_retracing=True)
+def _top_group_means(model, x):
+    _, stats = model.top_down(tf.shape(x)[0], hierarchical_vae.POSTERIOR_MEAN, model.bottom_up(x))
+    return tf.reshape(stats[0]["z"], (tf.shape(x)[0], -1))
+
+
 def reconstruct(model, x, batch_size=EVAL_BATCH):
-    """Decoder mean images at the posterior means of x: what reconstructions show and measure."""
+    """Decoder mean images at the posterior means of x: what reconstructions show and measure
+    (the hierarchical VAE's reconstruct: every group at its posterior mean)."""
+    if is_hierarchical(model):
+        return model.reconstruct(np.asarray(x, dtype=np.float32))
     return decode_images(model, posterior_means(model, x, batch_size), batch_size)
+
+
+def prior_samples(model, n, seed=0, temperature=1.0):
+    """n mean images of p(x|z) for z from the prior with its std times `temperature`: z ~ N(0, T² I)
+    for the seed VAE, every group's p(z_i | z_<i) for the hierarchical VAE (its sample)."""
+    if is_hierarchical(model):
+        return model.sample(n, temperature=temperature, seed=seed)
+    eps = np.random.default_rng(seed).standard_normal((n, model.latent_dim))
+    return decode_images(model, eps * temperature if temperature != 1.0 else eps)
 
 
 def decode_images(model, z, batch_size=EVAL_BATCH):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kit.atomic_files import remove_leftover_temporaries
 from kit.errors import DamagedRunError, LockedError
-from kit.model_options import decoder_output_channels
+from kit.model_options import decoder_output_channels, resolution_chain
 
 LOCK_NAME = ".lock"
 BYTES_PER_VALUE = 4        # float32 weights, moments, gradients and activations
@@ -260,7 +260,13 @@ def estimate_memory_bytes(image_shape, latent_dim, encoder_filters, encoder_dens
 
 def estimate_for(config, image_shape):
     """estimate_memory_bytes for a kit.config.Config's model and batch size (a resnet's blocks
-    counted as that many more activations per resolution)."""
+    counted as that many more activations per resolution; the hierarchical VAE's by
+    estimate_hierarchical_memory_bytes)."""
+    out_channels = decoder_output_channels(config.likelihood, image_shape[-1], config.mixture_components)
+    if config.arch == "hierarchical":
+        return estimate_hierarchical_memory_bytes(image_shape, config.hvae_widths, config.hvae_blocks,
+                                                  config.latent_channels, config.latent_resolutions,
+                                                  config.batch_size, out_channels)
     estimate = estimate_memory_bytes(image_shape, config.latent_dim, config.encoder_filters,
                                      config.encoder_dense, config.decoder_filters,
                                      config.decoder_dense, config.batch_size,
@@ -271,12 +277,118 @@ def estimate_for(config, image_shape):
     return estimate
 
 
+# The hierarchical VAE (kit/hierarchical_vae.py): its blocks' middle width over their width.
+BOTTLENECK_RATIO = 0.25
+# Per latent variable: q and p's means and log-stds, their exps, z, the KL's terms.
+VALUES_PER_LATENT = 10
+# The likelihood's temporaries, in copies of the decoder's output (the mixture's per-component
+# logistic terms, log-sum-exps and their gradients).
+LIKELIHOOD_COPIES = 8
+# Copies of every value hierarchical_layer_table counts. Measured on the CIFAR-10 defaults (one
+# training step in a fresh process, peak RSS growth): 1,079 MB at batch 32 and 2,289 MB at batch
+# 128, i.e. 12.6 MB per image, 1.15 copies of the 2.73 million values counted per image; 1.5 leaves
+# a margin. (The seed VAE's COPIES_PER_ACTIVATION = 3 counts layer outputs only, not a block's
+# inner values.)
+HIERARCHICAL_COPIES_PER_VALUE = 1.5
+
+
+def _per_resolution_list(values, chain):
+    """One value (a list of one) for every resolution, or one per resolution of the chain."""
+    values = list(values)
+    return dict(zip(chain, values if len(values) == len(chain) else values[:1] * len(chain)))
+
+
+def _bottleneck_row(name, side, in_width, middle, out_width, residual):
+    """A BottleneckBlock (1x1, 3x3, 3x3, 1x1 after GELUs; 1x1 for all at sides <= 2): its weights
+    and the values per image it keeps for the backward pass (each conv's input before and after
+    its GELU, the output, and the residual sum)."""
+    k2 = KERNEL_SIZE * KERNEL_SIZE if side > 2 else 1
+    weights = (in_width * middle + middle) + 2 * (k2 * middle * middle + middle) + (middle * out_width + out_width)
+    values = side * side * (2 * in_width + 6 * middle + out_width + (out_width if residual else 0))
+    return (name, weights, values)
+
+
+def hierarchical_layer_table(image_shape, widths, blocks, latent_channels, latent_resolutions,
+                             decoder_output_channels=None, bottleneck_ratio=BOTTLENECK_RATIO):
+    """(stage name, trainable weights, values per image kept for the backward pass) for every
+    stage of kit.hierarchical_vae.HierarchicalVAE, counted from its layer shapes: the bottom-up
+    stem, projections and residual blocks; per resolution of the top-down pass the learned bias,
+    the upsampled state, its projection, the latent groups (prior, posterior and residual block,
+    z's projection, the latent statistics) and the plain blocks where no group is; the output."""
+    side, channels = image_shape[0], image_shape[-1]
+    out_channels = decoder_output_channels or channels
+    chain = resolution_chain(side)
+    width = _per_resolution_list(widths, chain)
+    encoder_blocks = _per_resolution_list(blocks, chain)
+    groups = {r: list(latent_resolutions).count(r) for r in chain}
+    c = latent_channels
+
+    def middle(r):
+        return max(1, int(round(width[r] * bottleneck_ratio)))
+
+    rows = [("image", 0, side * side * channels),
+            ("stem", KERNEL_SIZE * KERNEL_SIZE * channels * width[side] + width[side], side * side * width[side])]
+    previous = None
+    for r in chain:
+        w, area = width[r], r * r
+        if previous is not None:
+            rows.append((f"pool to {r}x{r}", 0, area * width[previous]))
+            if width[previous] != w:
+                rows.append((f"encoder projection {r}x{r}", width[previous] * w + w, area * w))
+        rows += [_bottleneck_row(f"encoder block {r}x{r} #{b + 1}", r, w, middle(r), w, True)
+                 for b in range(encoder_blocks[r])]
+        previous = r
+    previous = None
+    for r in reversed(chain):
+        w, m, area = width[r], middle(r), r * r
+        rows.append((f"top-down bias {r}x{r}", area * w, area * w))
+        if previous is not None:
+            rows.append((f"upsample to {r}x{r}", 0, area * width[previous]))
+            if width[previous] != w:
+                rows.append((f"decoder projection {r}x{r}", width[previous] * w + w, area * w))
+        for g in range(groups[r]):
+            name = f"latent group {r}x{r} #{g + 1}"
+            rows += [_bottleneck_row(f"{name} prior", r, w, m, 2 * c + w, False),
+                     _bottleneck_row(f"{name} posterior", r, 2 * w, m, 2 * c, False),
+                     (f"{name} z", 0, area * (VALUES_PER_LATENT * c + 2 * w)),
+                     (f"{name} z projection", c * w + w, area * 2 * w),
+                     _bottleneck_row(f"{name} residual block", r, w, m, w, True)]
+        if not groups[r]:  # plain blocks where no group updates the state (the model's default)
+            rows += [_bottleneck_row(f"decoder block {r}x{r} #{b + 1}", r, w, m, w, True)
+                     for b in range(encoder_blocks[r])]
+        previous = r
+    top, area = width[side], side * side
+    rows += [("output gain and bias", 2 * top, 2 * area * top),
+             ("outputs", top * out_channels + out_channels, area * out_channels),
+             ("likelihood", 0, LIKELIHOOD_COPIES * area * out_channels)]
+    return rows
+
+
+def estimate_hierarchical_memory_bytes(image_shape, widths, blocks, latent_channels, latent_resolutions,
+                                       batch_size, decoder_output_channels=None):
+    """Training memory of the hierarchical VAE before it is built, as estimate_memory_bytes: its
+    float32 weights with Adam's moments and the gradients (4 copies), plus every stage's values for
+    a batch (hierarchical_layer_table) in HIERARCHICAL_COPIES_PER_VALUE copies."""
+    rows = hierarchical_layer_table(image_shape, widths, blocks, latent_channels, latent_resolutions,
+                                    decoder_output_channels)
+    parameters = sum(n for _, n, _ in rows)
+    activations_per_image = sum(size for _, _, size in rows)
+    largest_layer, _, largest = max(rows, key=lambda row: row[2])
+    total = BYTES_PER_VALUE * (COPIES_PER_WEIGHT * parameters
+                               + HIERARCHICAL_COPIES_PER_VALUE * activations_per_image * batch_size)
+    return MemoryEstimate(int(total), parameters, largest, largest_layer, batch_size)
+
+
 def physical_memory_bytes():
     """This machine's RAM: page size x number of physical pages."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def memory_problem(estimate_bytes, fraction=0.5, physical_bytes=None):
+SMALLER_MODEL = "use smaller --latent-dim, filter or dense widths, or --batch-size"
+SMALLER_HIERARCHICAL_MODEL = "use smaller --hvae-widths, fewer --hvae-blocks or latent groups, or a smaller --batch-size"
+
+
+def memory_problem(estimate_bytes, fraction=0.5, physical_bytes=None, advice=SMALLER_MODEL):
     """None, or one line saying the model needs more than `fraction` of this machine's memory.
 
     estimate_bytes: a MemoryEstimate (the message then explains the size) or a plain byte count.
@@ -292,8 +404,7 @@ def memory_problem(estimate_bytes, fraction=0.5, physical_bytes=None):
         why = (f" ({e.parameters:,} parameters, largest activation {e.largest_activation:,} values "
                f"per image in {e.largest_activation_layer} x batch {e.batch_size})")
     return (f"the model needs about {needed / GB:.1f} GB{why}, more than {share} of this machine's "
-            f"{physical / GB:.1f} GB of memory; use smaller --latent-dim, filter or dense widths, "
-            f"or --batch-size")
+            f"{physical / GB:.1f} GB of memory; {advice}")
 
 
 def free_space_warning(outdir, model_bytes):

@@ -28,37 +28,17 @@ from keras import layers, ops
 import common
 from common import (GAUSSIAN_SIGMA_MODES, LIKELIHOODS, LOG_2PI, decoder_output_channels,
                     global_batch_mean)
+# The resolutions and VDVAE's thresholds are TensorFlow-free, so that the options can check them.
+from kit.model_options import (VDVAE_GRAD_CLIP_PER_DIM, VDVAE_SKIP_THRESHOLD_PER_DIM,  # noqa: F401
+                               resolution_chain, vdvae_thresholds)
 
 LN2 = math.log(2.0)
 # The most decodes (samples x images) one log_importance_weights graph call runs at once.
 IWAE_DECODES_PER_CALL = 256
 EVAL_BATCH = 256
-# VDVAE's CIFAR-10 thresholds (hps.py: grad_clip 200, skip_threshold 400) are for the gradient of
-# the loss in nats per dimension; this model's loss is nats per image, whose gradient is D times
-# larger, so the same thresholds are these times D (see vdvae_thresholds).
-VDVAE_GRAD_CLIP_PER_DIM = 200.0
-VDVAE_SKIP_THRESHOLD_PER_DIM = 400.0
 
 
 # --- resolutions ---------------------------------------------------------------------------------
-
-def resolution_chain(size):
-    """Resolutions of the bottom-up pass for a square image of side `size`, largest first.
-
-    Halve while the side is even and the half is at least 4, then one step to 1x1 (VDVAE's
-    CIFAR-10 chain 32, 16, 8, 4, 1). Every step divides exactly, so odd sides need no padding:
-    28 -> 28, 14, 7, 1 (Fashion-MNIST); 8 -> 8, 4, 1; 2 -> 2, 1.
-    """
-    size = int(size)
-    if size < 1:
-        raise ValueError(f"image side must be >= 1, not {size}")
-    chain = [size]
-    while chain[-1] % 2 == 0 and chain[-1] // 2 >= 4:
-        chain.append(chain[-1] // 2)
-    if chain[-1] > 1:
-        chain.append(1)
-    return chain
-
 
 def _per_resolution(value, chain, name):
     """An int for every resolution, a sequence aligned with `chain`, or a dict {resolution: int}."""
@@ -72,12 +52,6 @@ def _per_resolution(value, chain, name):
             raise ValueError(f"{name} needs one value per resolution {chain}, not {list(value)}")
         return {r: int(v) for r, v in zip(chain, value)}
     return {r: int(value) for r in chain}
-
-
-def vdvae_thresholds(image_shape):
-    """(grad_clip, skip_threshold) for the per-image loss that equal VDVAE's per-dimension ones."""
-    dims = int(np.prod(image_shape))
-    return VDVAE_GRAD_CLIP_PER_DIM * dims, VDVAE_SKIP_THRESHOLD_PER_DIM * dims
 
 
 # --- Gaussian maths (float32, elementwise) ----------------------------------------------------------

@@ -13,6 +13,9 @@ from statistics import NormalDist  # noqa: E402
 from kit.atomic_files import atomic_path  # noqa: E402
 from kit.evaluate import decode_images, posterior_means  # noqa: E402
 
+# The temperatures of samples_temperatures.png (the hierarchical VAE): one row each, the same noise.
+SAMPLE_TEMPERATURES = (0.0, 0.5, 0.7, 0.85, 1.0)
+
 LOSS_PANELS = (("loss", "Total loss (−ELBO with training β)"),
                ("reconstruction_loss", "Reconstruction (nats/image)"),
                ("kl_loss", "KL divergence (nats/image)"))
@@ -130,6 +133,22 @@ def plot_latent_manifold(images, grid_values, path, title):
     save_figure(fig, path)
 
 
+def plot_kl_per_group(kl_per_group, path, title):
+    """Bar chart of the hierarchical VAE's KL per latent group (nats/image), coarse to fine, each
+    bar labelled with its group's resolution: which groups the model uses."""
+    kls = [group["kl"] for group in kl_per_group]
+    labels = [f"{i}\n{group['resolution']}×{group['resolution']}" for i, group in enumerate(kl_per_group)]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(kls) + 2.0), 4.2), layout="constrained")
+    bars = ax.bar(range(len(kls)), kls, color="tab:blue")
+    ax.bar_label(bars, [f"{kl:.3g}" for kl in kls], fontsize=8)
+    ax.set_xticks(range(len(kls)), labels, fontsize=8)
+    ax.set_xlabel("latent group (top-down order) and its resolution")
+    ax.set_ylabel("KL(q ‖ p) on the test split (nats/image)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title)
+    save_figure(fig, path)
+
+
 def plot_image_rows(rows, row_labels, path, title):
     """rows: (R, N, H, W, C), one labelled row of N images each (interpolations, comparisons)."""
     steps = rows.shape[1]
@@ -143,21 +162,26 @@ def plot_image_rows(rows, row_labels, path, title):
 
 
 # --- what a run writes -------------------------------------------------------------------------
-def write_loss_curves(history, outdir, title, latent_dim):
-    """loss_curves.png from history rows (one dict per epoch)."""
+def write_loss_curves(history, outdir, title, model_note):
+    """loss_curves.png from history rows (one dict per epoch); model_note says which model, e.g.
+    'latent dim 32'."""
     plot_loss_curves({key: [row.get(key) for row in history] for key in history[0]},
                            Path(outdir) / "loss_curves.png",
-                           f"{title} — latent dim {latent_dim}, epoch {history[-1]['epoch']}")
+                           f"{title} — {model_note}, epoch {history[-1]['epoch']}")
 
 
-def write_pictures(model, splits, outdir, title, gmm, seed=0, z_test=None, reconstructions=None):
-    """samples (prior and GMM), reconstructions, latent space, interpolations (+ manifold for a
-    2-D latent); z_test and reconstructions of the test split when the caller has them already."""
+def write_pictures(model, splits, outdir, title, gmm, seed=0, z_test=None, reconstructions=None,
+                   temperature=1.0):
+    """samples (prior, its std times `temperature`, and GMM), reconstructions, latent space,
+    interpolations (+ manifold for a 2-D latent); z_test and reconstructions of the test split when
+    the caller has them already."""
     outdir = Path(outdir)
     rng = np.random.default_rng(seed)
     latent = model.latent_dim
-    plot_image_grid(decode_images(model, rng.standard_normal((100, latent))),
-                    outdir / "samples.png", f"Samples from z ~ N(0, I) — {title}")
+    eps = rng.standard_normal((100, latent))
+    prior = "N(0, I)" if temperature == 1.0 else f"N(0, {temperature:g}² I)"
+    plot_image_grid(decode_images(model, eps * temperature if temperature != 1.0 else eps),
+                    outdir / "samples.png", f"Samples from z ~ {prior} — {title}")
     plot_image_grid(decode_images(model, gmm.sample(100, seed)), outdir / "samples_gmm.png",
                     f"Samples from a {len(gmm.weights)}-component GMM of the training codes — {title}")
 
@@ -185,6 +209,58 @@ def write_pictures(model, splits, outdir, title, gmm, seed=0, z_test=None, recon
               for a, b in pairs]
     plot_image_rows(rows, labels, outdir / "interpolations.png",
                               f"Interpolations between posterior means — {title}")
+
+
+def write_hierarchical_pictures(model, splits, outdir, title, metrics, seed=0, temperature=1.0,
+                                reconstructions=None):
+    """The hierarchical VAE's pictures: samples at `temperature`, the same noise at the
+    SAMPLE_TEMPERATURES, reconstructions (every group at its posterior mean), the KL per group
+    (from metrics' kl_per_group), the top group's posterior means (PCA) and interpolations between
+    them with the finer groups at their prior means. No GMM samples and no latent manifold: both
+    are for one latent vector (README, Hierarchical VAE)."""
+    outdir = Path(outdir)
+    rng = np.random.default_rng(seed)
+    plot_image_grid(model.sample(100, temperature=temperature, seed=seed), outdir / "samples.png",
+                    f"Samples from the prior, temperature {temperature:g} — {title}")
+    noise = model.draw_noise(10, seed)
+    rows = np.stack([model.sample(10, temperature=t, noise=noise) for t in SAMPLE_TEMPERATURES])
+    plot_image_rows(rows, [f"T = {t:g}" for t in SAMPLE_TEMPERATURES], outdir / "samples_temperatures.png",
+                    f"The same latent noise at temperatures {', '.join(f'{t:g}' for t in SAMPLE_TEMPERATURES)} "
+                    f"(each group's prior std times T) — {title}")
+
+    if reconstructions is None:
+        reconstructions = model.reconstruct(splits.x_test[:30])
+    plot_reconstructions(splits.x_test[:30], reconstructions[:30], outdir / "reconstructions.png",
+                         f"Test images and reconstructions (every group at its posterior mean) — {title}")
+    plot_kl_per_group(metrics["kl_per_group"], outdir / "kl_per_group.png",
+                      f"KL per latent group: which groups the model uses — {title}")
+
+    top = posterior_means(model, splits.x_test)  # the top group's posterior means, flattened
+    side, channels = model.latent_shapes[0][0], model.latent_shapes[0][2]
+    how = "" if top.shape[1] == 2 else f", PCA of {top.shape[1]} dims"
+    plot_latent_space(top, splits.y_test, splits.class_names, outdir / "latent_space.png",
+                      f"Test-set posterior means of the top latent group ({side}×{side}×{channels}{how}) — {title}")
+
+    pairs = interpolation_pairs(splits.y_test, rows=8, rng=rng)
+    steps = np.linspace(0.0, 1.0, 10, dtype=np.float32)[:, None]
+    rows = np.stack([decode_top_group(model, (1 - steps) * top[a] + steps * top[b]) for a, b in pairs])
+    labels = [f"{splits.class_names[splits.y_test[a]]} → {splits.class_names[splits.y_test[b]]}"
+              for a, b in pairs]
+    plot_image_rows(rows, labels, outdir / "interpolations.png",
+                    f"Interpolations between the top group's posterior means, finer groups at their prior "
+                    f"means — {title}")
+
+
+def decode_top_group(model, z_top):
+    """Mean images for given values of the top (coarsest) latent group, flattened as (n, h*w*c),
+    with every finer group at its prior mean given the groups above it (temperature 0). The top
+    group's prior does not depend on the image, so z_top becomes its noise: (z - p_mean) / p_std."""
+    first = model.latent_statistics(np.zeros((1, *model.image_shape), np.float32), model.draw_noise(1))[0]
+    z = np.asarray(z_top, np.float32).reshape(len(z_top), *model.latent_shapes[0])
+    noise = [(z - first["p_mean"]) * np.exp(-first["p_log_std"])]
+    noise += [np.zeros((len(z), *shape), np.float32) for shape in model.latent_shapes[1:]]
+    temperatures = [1.0] + [0.0] * (len(model.latent_shapes) - 1)
+    return model.sample(len(z), temperature=temperatures, noise=noise)
 
 
 def gaussian_quantiles(n):
@@ -226,7 +302,7 @@ def format_metrics(metrics):
             ("BCE floor", "bce_floor", "nats/image"),
             ("excess over floor", "excess_over_floor", "nats/image"),
             (f"Fréchet distance to {metrics.get('fd_images')} test images (kit features):", None, ""),
-            ("  prior samples z ~ N(0, I)", "fd_prior_samples", ""),
+            (f"  prior samples (temperature {metrics.get('temperature', 1.0):g})", "fd_prior_samples", ""),
             ("  GMM samples", "fd_gmm_samples", ""),
             ("  test reconstructions", "fd_reconstructions", ""),
             ("  real training images (ideal)", "fd_train_vs_test", ""),
@@ -238,4 +314,8 @@ def format_metrics(metrics):
             lines.append(f"  {label}")
         elif value is not None:
             lines.append(f"  {label:<36} {value:>10.4f}  {unit}")
+        if key == "test_kl":  # the hierarchical VAE's groups, coarse to fine
+            for group in metrics.get("kl_per_group") or []:
+                name = f"    group {group['group']} ({group['resolution']}×{group['resolution']})"
+                lines.append(f"  {name:<36} {group['kl']:>10.4f}  nats/image")
     return "\n".join(lines)

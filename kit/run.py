@@ -24,8 +24,9 @@ from kit.config import GMM_FIT_IMAGES, data_problem
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
 from kit.guards import estimate_for, free_space_warning, is_chief, is_int
 from kit import sample_quality
-from kit.evaluate import EVAL_BATCH, compute_metrics, decode_images, posterior_means, to_uint8
-from kit.pictures import format_metrics, write_loss_curves, write_pictures
+from kit.evaluate import EVAL_BATCH, compute_metrics, decode_images, posterior_means, reconstruct, to_uint8
+from kit.models import KIT_MODELS, describe, is_hierarchical, latent_groups_note
+from kit.pictures import format_metrics, write_hierarchical_pictures, write_loss_curves, write_pictures
 from kit.pipeline import shuffled_batches
 
 
@@ -166,10 +167,10 @@ def resume_from_checkpoint(config, spec):
     training is done but whose evaluation never finished resumes to finish it (fit runs no epoch)."""
     model, state = load_checkpoint(Path(config.outdir) / "checkpoint")
     check_model_matches(model, config, spec, f"the checkpoint in {config.outdir}")
-    for name in ("latent_dim", "likelihood"):  # config.json must describe the checkpoint's model
-        if getattr(model, name) != getattr(config, name):
+    for name, said, has in described_options(model, config):  # config.json must describe the model
+        if said != has:
             raise DamagedRunError(f"the checkpoint in {config.outdir} is damaged: config.json says "
-                                  f"{name} {getattr(config, name)}, its model has {getattr(model, name)}")
+                                  f"{name} {said}, its model has {has}")
     epoch = state["epoch"]
     if evaluated_epoch(config.outdir) == epoch >= config.epochs:
         raise UsageError(f"the checkpoint is already at epoch {epoch} and its run is finished; "
@@ -182,6 +183,19 @@ def resume_from_checkpoint(config, spec):
     else:
         print(f"Resuming from epoch {state['epoch']} of {config.outdir}")
     return model, list(state["history"])
+
+
+def described_options(model, config):
+    """(option, config's value, the model's value) for the options a checkpoint's model fixes."""
+    arch = "hierarchical" if is_hierarchical(model) else "plain or resnet"
+    said = "hierarchical" if config.arch == "hierarchical" else "plain or resnet"
+    rows = [("arch", said, arch), ("likelihood", config.likelihood, model.likelihood)]
+    if is_hierarchical(model) and config.arch == "hierarchical":
+        rows += [("latent_resolutions", sorted(config.latent_resolutions), model.group_resolutions),
+                 ("latent_channels", config.latent_channels, model.latent_channels)]
+    elif arch == said:
+        rows.append(("latent_dim", config.latent_dim, model.latent_dim))
+    return rows
 
 
 def evaluated_epoch(outdir):
@@ -199,7 +213,7 @@ def load_saved_model(config, spec):
     """The --eval-only .keras VAE, checked to fit this data set."""
     path = config.eval_only
     model = load_model_file(path, lambda why: UsageError(f"cannot load {path} as a VAE: {why}"))
-    if not hasattr(model, "encode") or not hasattr(model, "image_shape"):
+    if not isinstance(model, KIT_MODELS):  # common.VAE or the hierarchical VAE
         raise UsageError(f"{path} is a Keras model, but not one of this kit's VAEs")
     check_model_matches(model, config, spec, str(path))
     return model
@@ -220,9 +234,10 @@ def start_run_folder(config, spec, splits):
     if not is_chief():
         return
     outdir = Path(config.outdir)
-    if not config.resume:
+    if not config.resume:  # and the pictures that only one architecture (or a 2-D latent) draws
         for stale in ("metrics.json", "model.keras", "latent_gmm.npz", "history.csv",
-                      "checkpoint/state.json"):
+                      "checkpoint/state.json", "samples_gmm.png", "latent_manifold.png",
+                      "samples_temperatures.png", "kl_per_group.png"):
             (outdir / stale).unlink(missing_ok=True)
     warning = free_space_warning(outdir, estimate_for(config, spec.image_shape).model_file_bytes)
     if warning:
@@ -244,10 +259,11 @@ def training_callbacks(config, spec, splits, history):
     to `history` and redraws the loss curves."""
     outdir = Path(config.outdir)
     title = data_title(spec, splits)
-    latent_dim = config.latent_dim
+    note = (latent_groups_note(config.latent_resolutions, config.latent_channels)
+            if config.arch == "hierarchical" else f"latent dim {config.latent_dim}")
 
     def draw(rows):
-        write_loss_curves(rows, outdir, title, latent_dim)
+        write_loss_curves(rows, outdir, title, note)
 
     callbacks = [EpochTimer(), StopOnNonFinite(), StopOnSignal(),
                  EpochCheckpoint(outdir, history, draw, is_chief=is_chief())]
@@ -301,7 +317,11 @@ def save_model(model, config):
 
 def fit_latent_gmm(model, config, splits):
     """The ex-post GMM sampler fitted to the training images' posterior means (at most
-    GMM_FIT_IMAGES of them), saved as latent_gmm.npz beside the model."""
+    GMM_FIT_IMAGES of them), saved as latent_gmm.npz beside the model. None for the hierarchical
+    VAE: the sampler models one latent vector, and its latents are groups of maps that depend on
+    each other (README, Hierarchical VAE)."""
+    if is_hierarchical(model):
+        return None
     z_train = posterior_means(model, splits.x_train[:GMM_FIT_IMAGES])
     gmm = sample_quality.fit_latent_gmm(z_train, config.gmm_components, config.seed)
     gmm.save(Path(config.outdir) / "latent_gmm.npz")
@@ -311,9 +331,11 @@ def fit_latent_gmm(model, config, splits):
 @dataclass
 class Evaluation:
     """What evaluate() measured and what the pictures reuse: the test split's posterior means and
-    their decoder mean images, computed once."""
+    their decoder mean images, computed once. For the hierarchical VAE z_test is None (the
+    pictures ask for its top group's posterior means themselves) and the reconstructions come from
+    its reconstruct: every group at its posterior mean."""
     metrics: dict
-    z_test: np.ndarray
+    z_test: object  # np.ndarray, or None
     reconstructions: np.ndarray
 
 
@@ -331,16 +353,19 @@ def evaluate(model, config, spec, splits, history, gmm):
             seed=0, verbose=1 if sys.stdout.isatty() else 2)
         metrics["feature_net_test_accuracy"] = info["test_accuracy"]
     start = time.perf_counter()  # feature-network training is not evaluation time
-    z_test = posterior_means(model, splits.x_test)
-    reconstructions = decode_images(model, z_test)
+    if is_hierarchical(model):
+        z_test, reconstructions = None, reconstruct(model, splits.x_test)
+    else:
+        z_test = posterior_means(model, splits.x_test)
+        reconstructions = decode_images(model, z_test)
     metrics.update(compute_metrics(model, splits.x_test, config.iw_samples, config.iwae_images,
                                    config.seed, progress=True, reconstructions=reconstructions))
     if config.fd_images:
         metrics.update(sample_quality.sample_quality_metrics(
             model, features, splits.x_train, splits.x_test, gmm, config.fd_images, config.seed,
-            reconstructions=reconstructions))
+            reconstructions=reconstructions, temperature=config.temperature))
     seconds = [row.get("epoch_seconds") for row in history]
-    metrics.update(eval_seconds=time.perf_counter() - start, dataset=spec.name,
+    metrics.update(eval_seconds=time.perf_counter() - start, dataset=spec.name, temperature=config.temperature,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    data_source=splits.source, data_warnings=splits.warnings,
                    epochs=history[-1]["epoch"] if history else None,
@@ -365,11 +390,16 @@ def draw_pictures(model, config, spec, splits, history, gmm, evaluation):
     outdir = Path(config.outdir)
     title = data_title(spec, splits)
     if history:
-        write_loss_curves(history, outdir, title, model.latent_dim)
+        write_loss_curves(history, outdir, title, describe(model))
     epoch_note = f", epoch {history[-1]['epoch']}" if history else ""
-    write_pictures(model, splits, outdir, f"{title}{epoch_note}, latent dim {model.latent_dim}",
+    if is_hierarchical(model):  # no GMM; samples at several temperatures, the KL of each group
+        write_hierarchical_pictures(model, splits, outdir, f"{title}{epoch_note}", evaluation.metrics,
+                                    seed=config.seed, temperature=config.temperature,
+                                    reconstructions=evaluation.reconstructions)
+        return
+    write_pictures(model, splits, outdir, f"{title}{epoch_note}, {describe(model)}",
                    gmm, seed=config.seed, z_test=evaluation.z_test,
-                   reconstructions=evaluation.reconstructions)
+                   reconstructions=evaluation.reconstructions, temperature=config.temperature)
 
 
 def read_history(path):

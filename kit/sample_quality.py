@@ -344,12 +344,14 @@ def fit_latent_gmm(z, components=10, seed=0):
 
 # --- the numbers of a trained VAE ------------------------------------------------------------------
 
-def sample_quality_metrics(model, features, x_train, x_test, gmm, n_images, seed=0, reconstructions=None):
+def sample_quality_metrics(model, features, x_train, x_test, gmm, n_images, seed=0, reconstructions=None,
+                           temperature=1.0):
     """Fréchet distances to the test images, in the feature network's space: of decoder means of
-    prior samples z ~ N(0, I), of GMM samples, of test reconstructions (given, or made here), and of
-    real training images (what a perfect model would get). Uses up to n_images of each set."""
-    from kit.evaluate import decode_images, reconstruct  # the model's side, kept out of the maths
-    rng = np.random.default_rng(seed)
+    prior samples (the prior's std times `temperature`: z ~ N(0, T² I), or the hierarchical VAE's
+    sample), of GMM samples (None without a GMM: the hierarchical VAE has none), of test
+    reconstructions (given, or made here), and of real training images (what a perfect model would
+    get). Uses up to n_images of each set."""
+    from kit.evaluate import decode_images, prior_samples, reconstruct  # the model's side, kept out of the maths
     n_images = min(n_images, len(x_test), len(x_train))  # every set the same size
     test = x_test[:n_images]
     reference = feature_statistics(features, test)
@@ -358,8 +360,8 @@ def sample_quality_metrics(model, features, x_train, x_test, gmm, n_images, seed
         return frechet_distance(*feature_statistics(features, images), *reference)
 
     return {"fd_images": int(len(test)),
-            "fd_prior_samples": fd(decode_images(model, rng.standard_normal((n_images, model.latent_dim)))),
-            "fd_gmm_samples": fd(decode_images(model, gmm.sample(n_images, seed))),
+            "fd_prior_samples": fd(prior_samples(model, n_images, seed, temperature)),
+            "fd_gmm_samples": None if gmm is None else fd(decode_images(model, gmm.sample(n_images, seed))),
             "fd_reconstructions": fd(reconstructions[:n_images] if reconstructions is not None
                                      else reconstruct(model, test)),
             "fd_train_vs_test": fd(x_train[:n_images])}

@@ -225,3 +225,66 @@ def test_resume_may_mend_an_evaluation_option_that_stopped_the_run(tmp_path):
     assert parse_config(FASHION_MNIST, ["--resume", "--outdir", folder, "--gmm-components", "5"]).gmm_components == 5
     assert "--limit 5 is below --gmm-components 10" in str(
         pytest.raises(DamagedRunError, parse_config, FASHION_MNIST, ["--resume", "--outdir", folder]).value)
+
+
+# --- the hierarchical VAE's options ---------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, args, message", [
+    (FASHION_MNIST, ["--hvae-widths", "8,8"], "--hvae-widths needs one width or one per resolution 28,14,7,1 (4), got 8,8"),
+    (CIFAR10, ["--hvae-blocks", "1,1,1,1"], "--hvae-blocks needs one count or one per resolution 32,16,8,4,1 (5), got 1,1,1,1"),
+    (FASHION_MNIST, ["--latent-resolutions", "1,4"], "--latent-resolutions: 4 is not a resolution of the hierarchical VAE on 28x28 images (28,14,7,1)"),
+    (CIFAR10, ["--latent-resolutions", "1,7"], "--latent-resolutions: 7 is not a resolution of the hierarchical VAE on 32x32 images (32,16,8,4,1)"),
+    (CIFAR10, ["--latent-resolutions", ""], "--latent-resolutions needs at least one latent group"),
+    (FASHION_MNIST, ["--latent-channels", "0"], "--latent-channels must be > 0, got 0"),
+    (FASHION_MNIST, ["--temperature", "-0.5"], "--temperature must be a finite number >= 0"),
+    (FASHION_MNIST, ["--grad-clip", "nan"], "--grad-clip must be a finite number >= 0 (0 is off;"),
+    (FASHION_MNIST, ["--skip-threshold", "-1"], "--skip-threshold must be a finite number >= 0 (0 is off;"),
+    # Refused whatever --arch is: a bad value is not left lying until the model is switched.
+    (FASHION_MNIST, ["--arch", "plain", "--latent-resolutions", "5"], "--latent-resolutions: 5 is not a resolution"),
+])
+def test_hierarchical_options_are_checked(outdir, spec, args, message):
+    assert message in refusal([*args, "--outdir", outdir], spec)
+
+
+def test_each_architecture_ignores_the_others_options(outdir):
+    # Decoder filters that cannot make 28x28 images do not stop the hierarchical VAE, and the
+    # hierarchical VAE's options do not change the plain one.
+    config = parse_config(FASHION_MNIST, ["--arch", "hierarchical", "--decoder-filters", "8,8,8", "--outdir", outdir])
+    assert (config.arch, config.hvae_widths, config.latent_resolutions) == ("hierarchical", [32], [1, 7, 7, 7, 14, 14])
+    assert "--decoder-filters: 3 stride-2 layers cannot produce 28x28" in refusal(["--decoder-filters", "8,8,8",
+                                                                                  "--outdir", outdir])
+    parse_config(FASHION_MNIST, ["--latent-channels", "3", "--hvae-widths", "8,8,8,8", "--outdir", outdir])
+    # No latent GMM is fitted to the hierarchical VAE: its limits on --limit do not apply.
+    assert parse_config(FASHION_MNIST, ["--arch", "hierarchical", "--limit", "5", "--outdir", outdir]).limit == 5
+    assert data_problem(parse_config(FASHION_MNIST, ["--arch", "hierarchical", "--outdir", outdir]), 5, 10) is None
+
+
+def test_the_hierarchical_preset_and_the_scripts_thresholds(outdir):
+    from kit.model_options import vdvae_thresholds
+    for spec in (FASHION_MNIST, CIFAR10):
+        config = parse_config(spec, ["--preset", "hierarchical", "--outdir", outdir])
+        assert (config.arch, config.likelihood, config.batch_size, config.lr) == (
+            "hierarchical", "discretized-logistic-mixture", 32, 2e-3)
+        assert (config.grad_clip, config.skip_threshold) == vdvae_thresholds(spec.image_shape)
+        assert parse_config(spec, ["--outdir", outdir]).arch == "plain"  # the seed VAE stays the default
+        keras_io = parse_config(spec, ["--preset", "keras-io", "--outdir", outdir])
+        assert (keras_io.latent_dim, keras_io.hvae_widths) == (2, config.hvae_widths)
+
+
+def test_a_hierarchical_model_too_big_for_memory_names_its_options(outdir):
+    message = refusal(["--arch", "hierarchical", "--hvae-widths", "20000", "--outdir", outdir], CIFAR10)
+    assert message.startswith("the model needs about") and message.endswith(
+        "use smaller --hvae-widths, fewer --hvae-blocks or latent groups, or a smaller --batch-size"), message
+
+
+def test_eval_only_and_resume_take_a_new_temperature_but_not_the_models_options(model_file, outdir, tmp_path):
+    assert parse_config(FASHION_MNIST, ["--eval-only", model_file, "--temperature", "0.7",
+                                        "--outdir", outdir]).temperature == 0.7
+    for args in (["--arch", "hierarchical"], ["--hvae-widths", "8"], ["--latent-resolutions", "1"],
+                 ["--grad-clip", "1"]):
+        message = refusal(["--eval-only", model_file, *args, "--outdir", outdir])
+        assert message.startswith(f"{args[0]} cannot be used with --eval-only"), message
+    folder = fake_run(tmp_path / "run", FASHION_MNIST, arch="hierarchical")
+    assert parse_config(FASHION_MNIST, ["--resume", "--outdir", folder, "--temperature", "0.5"]).temperature == 0.5
+    assert "--latent-channels 3 does not match the run in" in refusal(
+        ["--resume", "--outdir", folder, "--latent-channels", "3"])
