@@ -412,10 +412,22 @@ def global_batch_mean(per_image):
     return ops.sum(per_image) / ops.maximum(images, 1.0)
 
 
+class OptimizerBuiltBeforeTracing:
+    """Makes the optimizer's variables before the train step is traced: made inside its first trace
+    (Keras defers them there without a tf.distribute strategy), they make TensorFlow trace the step
+    twice, twice the start-up of every fit."""
+
+    def make_train_function(self, force=False):
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+        return super().make_train_function(force)
+
+
 # ---------------------------------------------------------------------------------------------
 
 @keras.saving.register_keras_serializable(package="vae_kit")
-class VAE(keras.Model):
+class VAE(OptimizerBuiltBeforeTracing, keras.Model):
     """Encoder + decoder trained on reconstruction + beta * KL (beta-VAE: Higgins et al., 2017)."""
 
     def __init__(self, encoder, decoder, beta=1.0, likelihood="bernoulli", dataset=None,

@@ -221,7 +221,7 @@ POSTERIOR, POSTERIOR_MEAN, PRIOR, GIVEN = "posterior", "posterior_mean", "prior"
 
 
 @keras.saving.register_keras_serializable(package="vae_kit")
-class HierarchicalVAE(keras.Model):
+class HierarchicalVAE(common.OptimizerBuiltBeforeTracing, keras.Model):
     """A VDVAE-style hierarchical VAE trained on reconstruction + beta * sum of the groups' KLs.
 
     Arguments are those of build_hierarchical_vae. Attributes shared with common.VAE: likelihood,
