@@ -32,6 +32,11 @@ SPECS = {"fashion_mnist": FASHION_MNIST, "cifar10": CIFAR10}
 # Everything small, so an accepted value runs end to end in seconds; the value under test comes last.
 BASE = [*TINY_MODEL, *TEST_VALIDATION, "--epochs", "1", "--limit", "64", "--iw-samples", "2", "--iwae-images", "16",
         "--fd-images", "0"]
+# The hierarchical VAE's own options are swept on a tiny hierarchical VAE: the plain base ignores them.
+HIERARCHICAL_OPTIONS = {"--hvae-widths", "--hvae-blocks", "--latent-channels", "--latent-resolutions",
+                        "--grad-clip", "--skip-threshold"}
+HIERARCHICAL_BASE = ["--arch", "hierarchical", "--hvae-widths", "8", "--hvae-blocks", "1",
+                     "--latent-channels", "2", "--latent-resolutions", "1"]
 # Training may honestly end on a non-finite loss (exit 3, one line) for these values.
 MAY_DIVERGE = {("--lr", "1")}
 
@@ -41,7 +46,10 @@ def case_id(case):
 
 
 def argv_for(case, data_dir, outdir):
-    return ["--data-dir", str(data_dir), "--outdir", str(outdir), *BASE, *case]
+    """The command line of one case; of several (option, value) pairs, one run with all of them."""
+    pairs = [case] if isinstance(case[0], str) else list(case)
+    base = [*BASE, *HIERARCHICAL_BASE] if pairs[0][0] in HIERARCHICAL_OPTIONS else BASE
+    return ["--data-dir", str(data_dir), "--outdir", str(outdir), *base, *(x for pair in pairs for x in pair)]
 
 
 def parsed(spec, argv):
@@ -81,20 +89,37 @@ def same_run_as(cases, data_dir, folder):
                                    .to_dict(), sort_keys=True)] for case in cases}
 
 
+def hierarchical_runs(cases):
+    """The accepted values of the hierarchical options, grouped so that each run sets each option
+    once: a tiny hierarchical VAE's run costs several plain ones, and one run with --hvae-widths 1,
+    --hvae-blocks 1, --latent-channels 1 ... tries the smallest model they allow together."""
+    runs = []
+    for case in cases:
+        run = next((run for run in runs if case[0] not in dict(run)), None)
+        if run is None:
+            runs.append(run := [])
+        run.append(case)
+    return [tuple(run) for run in runs]
+
+
 @pytest.fixture(scope="module")
 def end_to_end(tmp_path_factory, fashion_dir):
     """{case: (result, its run folder)} for every case the Fashion-MNIST script accepts, each
     distinct configuration run once, one after another."""
     folder = tmp_path_factory.mktemp("sweep")
-    representative = same_run_as(ACCEPTED["fashion_mnist"], fashion_dir, folder)
-    runs = sorted(set(representative.values()), key=ACCEPTED["fashion_mnist"].index)
-    (folder / "argv.json").write_text(json.dumps(
-        [argv_for(case, fashion_dir, folder / case_id(case)) for case in runs]))
+    accepted = ACCEPTED["fashion_mnist"]
+    plain = [case for case in accepted if case[0] not in HIERARCHICAL_OPTIONS]
+    representative = same_run_as(plain, fashion_dir, folder)
+    for run in hierarchical_runs([case for case in accepted if case[0] in HIERARCHICAL_OPTIONS]):
+        representative.update({case: run for case in run})
+    runs = sorted(set(representative.values()), key=lambda run: accepted.index(run if run in accepted else run[0]))
+    folders = {run: folder / f"run{i}" for i, run in enumerate(runs)}
+    (folder / "argv.json").write_text(json.dumps([argv_for(run, fashion_dir, folders[run]) for run in runs]))
     run = subprocess.run([sys.executable, str(ROOT / "tests" / "sweep_runs.py"), str(folder / "argv.json")],
                          capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     results = dict(zip(runs, json.loads(run.stdout.splitlines()[-1])))
-    return {case: (results[first], folder / case_id(first)) for case, first in representative.items()}
+    return {case: (results[first], folders[first]) for case, first in representative.items()}
 
 
 @pytest.mark.slow

@@ -193,15 +193,18 @@ def test_leftover_temporaries_are_removed_and_nothing_else(tmp_path):
 
 # --- a stopped evaluation, and the resume that finishes it ---------------------------------------
 
-def start_run_with_a_long_evaluation(fashion_dir, outdir):
-    """A 1-epoch run whose IWAE estimate (3,000 samples for each of 128 images) takes many seconds;
-    its stdout goes to outdir's sibling file, to be watched."""
+def start_run_with_a_long_evaluation(fashion_dir, outdir, resume=None):
+    """A 1-epoch run whose IWAE estimate (3,000 samples for each of 128 images) takes many seconds,
+    or with resume="--resume" the run that finishes its evaluation with that estimate; its stdout
+    goes to outdir's sibling file, to be watched."""
     log = open(f"{outdir}.stdout", "w")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    options = (["--resume"] if resume else
+               ["--data-dir", str(fashion_dir), "--epochs", "1", "--limit", "64", *TINY_MODEL, *TEST_VALIDATION,
+                "--fd-images", "0", "--iwae-images", "128"])
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "vae_fashion_mnist.py"), "--data-dir", str(fashion_dir), "--epochs", "1",
-         "--limit", "64", "--outdir", str(outdir), *TINY_MODEL, *TEST_VALIDATION, "--fd-images", "0", "--iw-samples", "3000",
-         "--iwae-images", "128"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.PIPE, text=True)
+        [sys.executable, str(ROOT / "vae_fashion_mnist.py"), "--outdir", str(outdir), *options, "--iw-samples", "3000"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.PIPE, text=True)
     return process
 
 
@@ -233,11 +236,13 @@ def assert_resume_finishes_the_evaluation(outdir):
 
 
 @pytest.mark.slow
-def test_sigterm_during_the_evaluation_says_how_to_finish_it(fashion_dir, tmp_path):
+def test_a_stopped_evaluation_says_how_to_finish_and_resume_finishes_it_even_after_kill_9(fashion_dir, tmp_path):
+    """SIGTERM during the evaluation (Ctrl-C, SIGINT, is the same code path: see the next tests);
+    then kill -9 during the evaluation that --resume starts; a second --resume finishes it."""
     outdir = tmp_path / "run"
     process = start_run_with_a_long_evaluation(fashion_dir, outdir)
     wait_for_the_evaluation(outdir, process)
-    process.send_signal(signal.SIGTERM)  # Ctrl-C (SIGINT) is the same code path: see the next tests
+    process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr
@@ -245,13 +250,7 @@ def test_sigterm_during_the_evaluation_says_how_to_finish_it(fashion_dir, tmp_pa
     assert (f"training is done (1 epoch(s) saved in {outdir}), the evaluation is not. Finish it with:\n"
             f"  python vae_fashion_mnist.py --resume --outdir {outdir}\n") in stderr, stderr[-2000:]
     assert not (outdir / "metrics.json").exists()
-    assert_resume_finishes_the_evaluation(outdir)
-
-
-@pytest.mark.slow
-def test_kill_9_during_the_evaluation_is_finished_by_resume(fashion_dir, tmp_path):
-    outdir = tmp_path / "run"
-    process = start_run_with_a_long_evaluation(fashion_dir, outdir)
+    process = start_run_with_a_long_evaluation(fashion_dir, outdir, "--resume")
     wait_for_the_evaluation(outdir, process)
     process.kill()
     process.communicate(timeout=30)
