@@ -85,32 +85,20 @@ def iwae_nll(model, x, k, seed=0, progress=False, decodes_per_call=None):
     `seed`), the same in every run.
     """
     if is_hierarchical(model):
-        return _hierarchical_iwae_nll(model, x, k, seed, progress,
-                                      decodes_per_call or hierarchical_vae.IWAE_DECODES_PER_CALL)
-    decodes_per_call = decodes_per_call or IWAE_DECODES_PER_CALL
-    rng = np.random.default_rng(seed)
-    per_call = max(1, decodes_per_call // k)
-    samples_per_call = max(1, min(k, decodes_per_call))
-    bar = keras.utils.Progbar(len(x), unit_name="image") if progress else None
-    out = []
-    for i in range(0, len(x), per_call):
-        chunk = x[i:i + per_call]
-        log_sum_w = None  # running log Σ_k w_k over the slices of K seen so far, per image
-        for start in range(0, k, samples_per_call):
+        decodes_per_call = decodes_per_call or hierarchical_vae.IWAE_DECODES_PER_CALL
+
+        def log_sum_weights(chunk, samples, rng):  # its own noise, prior and posterior per group
+            noise = model.draw_noise(len(chunk), rng, samples=samples)
+            log_w = model.log_importance_weights(chunk, noise, decodes_per_call=decodes_per_call)
+            return np.logaddexp.reduce(log_w.astype(np.float64), axis=0)
+    else:
+        decodes_per_call = decodes_per_call or IWAE_DECODES_PER_CALL
+
+        def log_sum_weights(chunk, samples, rng):
             # Consecutive draws along the leading axis are one draw of shape (k, ...), sliced.
-            eps = rng.standard_normal((min(samples_per_call, k - start), len(chunk), model.latent_dim))
-            log_w = log_importance_weights(model, chunk, eps.astype(np.float32))
-            part = tf.reduce_logsumexp(log_w, axis=0).numpy()
-            log_sum_w = part if log_sum_w is None else np.logaddexp(log_sum_w, part)
-        out.append(-(log_sum_w - np.float32(math.log(k))))
-        if bar:
-            bar.add(len(chunk))
-    return np.concatenate(out)
+            eps = rng.standard_normal((samples, len(chunk), model.latent_dim)).astype(np.float32)
+            return tf.reduce_logsumexp(log_importance_weights(model, chunk, eps), axis=0).numpy()
 
-
-def _hierarchical_iwae_nll(model, x, k, seed, progress, decodes_per_call):
-    """iwae_nll through the hierarchical VAE's log_importance_weights (IWAE with its hierarchical
-    prior and posterior), in the same bounded slices."""
     rng = np.random.default_rng(seed)
     per_call = max(1, decodes_per_call // k)
     samples_per_call = max(1, min(k, decodes_per_call))
@@ -118,13 +106,11 @@ def _hierarchical_iwae_nll(model, x, k, seed, progress, decodes_per_call):
     out = []
     for i in range(0, len(x), per_call):
         chunk = np.asarray(x[i:i + per_call], dtype=np.float32)
-        log_sum_w = None
+        log_sum_w = None  # running log Σ_k w_k over the slices of K seen so far, per image
         for start in range(0, k, samples_per_call):
-            noise = model.draw_noise(len(chunk), rng, samples=min(samples_per_call, k - start))
-            log_w = model.log_importance_weights(chunk, noise, decodes_per_call=decodes_per_call)
-            part = np.logaddexp.reduce(log_w.astype(np.float64), axis=0)
+            part = log_sum_weights(chunk, min(samples_per_call, k - start), rng)
             log_sum_w = part if log_sum_w is None else np.logaddexp(log_sum_w, part)
-        out.append(-(log_sum_w - math.log(k)))
+        out.append(-(log_sum_w - np.asarray(math.log(k), log_sum_w.dtype)))
         if bar:
             bar.add(len(chunk))
     return np.concatenate(out)

@@ -202,13 +202,8 @@ def write_pictures(model, splits, outdir, title, gmm, seed=0, z_test=None, recon
         plot_latent_manifold(decode_images(model, zz), grid, outdir / "latent_manifold.png",
                                    f"Decoder over Gaussian quantiles of z — {title}")
 
-    pairs = interpolation_pairs(splits.y_test, rows=8, rng=rng)
-    steps = np.linspace(0.0, 1.0, 10, dtype=np.float32)[:, None]
-    rows = np.stack([decode_images(model, (1 - steps) * z_test[a] + steps * z_test[b]) for a, b in pairs])
-    labels = [f"{splits.class_names[splits.y_test[a]]} → {splits.class_names[splits.y_test[b]]}"
-              for a, b in pairs]
-    plot_image_rows(rows, labels, outdir / "interpolations.png",
-                              f"Interpolations between posterior means — {title}")
+    plot_interpolations(lambda z: decode_images(model, z), z_test, splits, rng, outdir / "interpolations.png",
+                        f"Interpolations between posterior means — {title}")
 
 
 def write_hierarchical_pictures(model, splits, outdir, title, metrics, seed=0, temperature=1.0,
@@ -241,14 +236,19 @@ def write_hierarchical_pictures(model, splits, outdir, title, metrics, seed=0, t
     plot_latent_space(top, splits.y_test, splits.class_names, outdir / "latent_space.png",
                       f"Test-set posterior means of the top latent group ({side}×{side}×{channels}{how}) — {title}")
 
+    plot_interpolations(lambda z: decode_top_group(model, z), top, splits, rng, outdir / "interpolations.png",
+                        f"Interpolations between the top group's posterior means, finer groups at their prior "
+                        f"means — {title}")
+
+
+def plot_interpolations(decode, z_test, splits, rng, path, title):
+    """Rows of decode() along straight lines between the codes of test images of different classes."""
     pairs = interpolation_pairs(splits.y_test, rows=8, rng=rng)
     steps = np.linspace(0.0, 1.0, 10, dtype=np.float32)[:, None]
-    rows = np.stack([decode_top_group(model, (1 - steps) * top[a] + steps * top[b]) for a, b in pairs])
+    rows = np.stack([decode((1 - steps) * z_test[a] + steps * z_test[b]) for a, b in pairs])
     labels = [f"{splits.class_names[splits.y_test[a]]} → {splits.class_names[splits.y_test[b]]}"
               for a, b in pairs]
-    plot_image_rows(rows, labels, outdir / "interpolations.png",
-                    f"Interpolations between the top group's posterior means, finer groups at their prior "
-                    f"means — {title}")
+    plot_image_rows(rows, labels, path, title)
 
 
 def decode_top_group(model, z_top):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_MODEL, png_size, run_script, write_fashion_mnist
+from conftest import TINY_MODEL, png_size, run_in_process, run_script, write_fashion_mnist
 from kit.atomic_files import read_csv
 
 pytestmark = pytest.mark.slow  # end to end, in subprocesses: `pytest -m "not slow"` skips them
@@ -28,8 +28,8 @@ def fashion_run(tmp_path_factory, fashion_dir):
 
 
 def test_validation_images_that_leave_no_training_images_are_refused(fashion_dir, tmp_path):
-    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--validation-images", 256,
-                        "--outdir", tmp_path / "o", *TINY_MODEL)
+    result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--validation-images", 256,
+                            "--outdir", tmp_path / "o", *TINY_MODEL)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--validation-images 256 leaves no training images (the training split has 256)" in result.stderr
     assert not (tmp_path / "o" / "config.json").exists()
@@ -97,8 +97,8 @@ def test_eval_only_reproduces_the_metrics_of_the_run(fashion_run, fashion_dir, t
 
 def test_eval_only_rejects_a_model_of_the_other_dataset(fashion_run, cifar_dir, tmp_path):
     outdir, _ = fashion_run
-    result = run_script("vae_cifar10.py", "--eval-only", outdir / "model.keras", "--data-dir", cifar_dir,
-                        "--outdir", tmp_path)
+    result = run_in_process("vae_cifar10.py", "--eval-only", outdir / "model.keras", "--data-dir", cifar_dir,
+                            "--outdir", tmp_path)
     assert result.returncode == 2
     assert "trained on fashion_mnist" in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
@@ -106,8 +106,8 @@ def test_eval_only_rejects_a_model_of_the_other_dataset(fashion_run, cifar_dir, 
 
 def test_eval_only_rejects_a_latent_dim_it_cannot_honour(fashion_run, fashion_dir, tmp_path):
     outdir, _ = fashion_run
-    result = run_script("vae_fashion_mnist.py", "--eval-only", outdir / "model.keras", "--latent-dim", 8,
-                        "--data-dir", fashion_dir, "--outdir", tmp_path)
+    result = run_in_process("vae_fashion_mnist.py", "--eval-only", outdir / "model.keras", "--latent-dim", 8,
+                            "--data-dir", fashion_dir, "--outdir", tmp_path)
     assert result.returncode == 2 and "--latent-dim cannot be used with --eval-only" in result.stderr
 
 
@@ -156,13 +156,13 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, me
 def test_an_unwritable_outdir_fails_before_loading_data(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = run_script("vae_cifar10.py", "--outdir", blocker / "sub", "--data-dir", tmp_path, timeout=240)
+    result = run_in_process("vae_cifar10.py", "--outdir", blocker / "sub", "--data-dir", tmp_path)
     assert result.returncode == 2 and "cannot be written" in result.stderr
     assert "CIFAR" not in result.stderr  # failed before looking for data
 
 
 def test_missing_data_exits_1_with_advice_and_no_traceback(tmp_path):
-    result = run_script("vae_fashion_mnist.py", "--data-dir", tmp_path, "--outdir", tmp_path / "o")
+    result = run_in_process("vae_fashion_mnist.py", "--data-dir", tmp_path, "--outdir", tmp_path / "o")
     assert result.returncode == 1
     assert "missing Fashion-MNIST files" in result.stderr and "Traceback" not in result.stderr
 
