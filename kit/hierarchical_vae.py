@@ -1,5 +1,5 @@
 """A hierarchical VAE in the style of VDVAE: a bottom-up encoder, a top-down decoder with groups
-of latent feature maps at several resolutions, and the kit's likelihoods from common.py.
+of latent feature maps at several resolutions, and the kit's likelihoods (kit/likelihoods.py).
 
 Sources, cited where each choice is made:
   VDVAE           Child, "Very Deep VAEs Generalize Autoregressive Models and Can Outperform
@@ -26,8 +26,8 @@ import tensorflow as tf
 from keras import layers, ops
 
 import common
-from common import (GAUSSIAN_SIGMA_MODES, LIKELIHOODS, LOG_2PI, decoder_output_channels,
-                    global_batch_mean)
+from kit.likelihoods import LOG_2PI, global_batch_mean
+from kit.model_options import GAUSSIAN_SIGMA_MODES, LIKELIHOODS, decoder_output_channels
 # The resolutions and VDVAE's thresholds are TensorFlow-free, so that the options can check them.
 from kit.model_options import (VDVAE_GRAD_CLIP_PER_DIM, VDVAE_SKIP_THRESHOLD_PER_DIM,  # noqa: F401
                                resolution_chain, vdvae_thresholds)
