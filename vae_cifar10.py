@@ -3,7 +3,8 @@
     python vae_cifar10.py --help
 
 Top to bottom: the defaults table, then main(): options, data, model, fit, evaluation, pictures.
-The models and their maths are in common.py and kit/hierarchical_vae.py; the named helpers in kit/.
+The models are in common.py and kit/hierarchical_vae.py, their likelihoods in kit/likelihoods.py;
+the named helpers in kit/.
 """
 import sys
 
