@@ -192,10 +192,13 @@ def load_model_file(path, error):
 def stop_on_signal_at_once():
     """Ctrl-C / SIGTERM raise TrainingStopped (130 / 143) at once, for work outside model.fit (the
     evaluation): there is no step to finish first. The previous handlers are back afterwards."""
+    stops = []
+
     def handle(signum, frame):
         restore()  # a second signal gets the default handling
-        raise TrainingStopped(f"interrupted by {signal.Signals(signum).name}",
-                              StopOnSignal.EXIT_CODES[signum])
+        stops.append(TrainingStopped(f"interrupted by {signal.Signals(signum).name}",
+                                     StopOnSignal.EXIT_CODES[signum]))
+        raise stops[0]
 
     def restore():
         for s, handler in previous.items():
@@ -204,6 +207,12 @@ def stop_on_signal_at_once():
     previous = {s: signal.signal(s, handle) for s in StopOnSignal.EXIT_CODES}
     try:
         yield
+    except BaseException as err:
+        # A signal that lands while TensorFlow traces a function comes out as TensorFlow's own
+        # error ("RuntimeError: in user code"): the stop is still what happened.
+        if stops and err is not stops[0]:
+            raise stops[0] from None
+        raise
     finally:
         restore()
 

@@ -258,6 +258,25 @@ def test_a_stopped_evaluation_says_how_to_finish_and_resume_finishes_it_even_aft
     assert_resume_finishes_the_evaluation(outdir)
 
 
+def test_a_signal_while_tensorflow_traces_a_function_is_still_a_stop():
+    """TensorFlow re-raises an exception from a function it is tracing as its own RuntimeError; a
+    SIGTERM there (found by CI: the IWAE's first trace on a busy machine) still exits 143."""
+    import tensorflow as tf
+    from kit.callbacks import stop_on_signal_at_once
+
+    @tf.function
+    def traced(x):
+        os.kill(os.getpid(), signal.SIGTERM)  # raised by the handler inside the trace
+        time.sleep(5)
+        return x + 1.0
+
+    with pytest.raises(TrainingStopped) as stop:
+        with stop_on_signal_at_once():
+            traced(tf.constant(1.0))
+    assert stop.value.exit_code == 143 and str(stop.value) == "interrupted by SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 def test_a_signal_stops_the_evaluation_at_once_and_says_how_to_finish_it(tmp_path):
     from kit.config import parse_config
     from kit.run import finish_hint_on_stop
