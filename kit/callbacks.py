@@ -207,7 +207,7 @@ def stop_on_signal_at_once():
     previous = {s: signal.signal(s, handle) for s in StopOnSignal.EXIT_CODES}
     try:
         yield
-    except BaseException as err:
+    except BaseException as err:  # always re-raised: a signal's stop, or the error itself
         # A signal that lands while TensorFlow traces a function comes out as TensorFlow's own
         # error ("RuntimeError: in user code"): the stop is still what happened.
         if stops and err is not stops[0]:

@@ -25,8 +25,9 @@ from vae_fashion_mnist import FASHION_MNIST
 def test_every_remaining_broad_except_says_why():
     broad = [(path.name, line) for path in [ROOT / "common.py", *sorted((ROOT / "kit").glob("*.py"))]
              for line in path.read_text().splitlines() if re.search(r"except (Exception|BaseException)\b|except:", line)]
-    assert [name for name, _ in broad] == ["data.py", "data.py"]  # the two downloads
-    assert all("bare Exception" in line for _, line in broad), broad
+    # the two downloads, and the signal guard that swaps TensorFlow's wrapper for the stop it hides
+    assert [name for name, _ in broad] == ["callbacks.py", "data.py", "data.py"]
+    assert all("bare Exception" in line or "always re-raised" in line for _, line in broad), broad
 
 
 @pytest.fixture(scope="module")
