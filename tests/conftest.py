@@ -91,28 +91,38 @@ def run_script(script, *args, timeout=240, env=None):
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
-def run_in_process(script, *args):
-    """run_script's result for a run that stops before training (a refusal, a damaged folder), run
-    in this process: no interpreter or TensorFlow to start. The outdir's lock is released at the end,
-    as at a process's exit."""
+def run_in_process(script, *args, env=None, timeout=None):
+    """run_script's result for a run made in this process: no interpreter or TensorFlow to start
+    (about 5 s of each run). For runs that need no fresh process: not --distribute (logical devices
+    precede TensorFlow's start), not --mixed-precision (a global policy), not a signal, not a check
+    for Python warnings (Python shows each one once per process). `env` is set for the run only;
+    `timeout` is not enforced. The outdir's lock is released at the end, as at a process's exit."""
     import contextlib
     import importlib
     import io
+    import signal
     import types
+    from unittest import mock
     from kit import guards
     from kit.errors import exit_code_of
     argv = [*(TEST_VALIDATION if "--validation-images" not in map(str, args) else []), *map(str, args)]
     main = importlib.import_module(Path(script).stem).main
     stdout, stderr, releases = io.StringIO(), io.StringIO(), []
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # a stopped fit keeps its own
     real_atexit = guards.atexit
     guards.atexit = types.SimpleNamespace(register=releases.append)
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+                mock.patch.dict(os.environ, env or {}), mock.patch.object(sys, "argv", [str(ROOT / script), *argv]):
             code = exit_code_of(main, argv)
     finally:
         guards.atexit = real_atexit
         for release in reversed(releases):
             release()
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        if "keras" in sys.modules:  # the next run starts from Keras' fresh state, as a new process
+            sys.modules["keras"].backend.clear_session()
     return subprocess.CompletedProcess([script, *argv], code, stdout.getvalue(), stderr.getvalue())
 
 

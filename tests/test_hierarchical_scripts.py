@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import png_size, run_script
+from conftest import png_size, run_in_process, run_script
 from kit.atomic_files import read_csv
 from kit.hierarchical_vae import HierarchicalVAE, POSTERIOR_MEAN, PRIOR, build_hierarchical_vae
 
@@ -118,8 +118,8 @@ def test_the_checkpoint_keeps_the_hierarchical_models_sampling_state(tiny, tmp_p
 def fashion_run(tmp_path_factory, fashion_dir):
     """Two epochs of a tiny hierarchical VAE, with the Fréchet distances (a small feature net)."""
     outdir = tmp_path_factory.mktemp("hvae_fashion")
-    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--outdir", outdir, "--epochs", 2,
-                        "--iw-samples", 2, "--fd-images", 16, *QUICK, *FASHION_HVAE)
+    result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--outdir", outdir, "--epochs", 2,
+                            "--iw-samples", 2, "--fd-images", 16, *QUICK, *FASHION_HVAE)
     assert result.returncode == 0, result.stderr[-3000:]
     return outdir, result
 
@@ -170,9 +170,9 @@ def test_samples_at_temperature_zero_and_one_differ(fashion_run):
 @pytest.mark.slow
 def test_eval_only_reproduces_the_runs_metrics(fashion_run, fashion_dir, tmp_path):
     outdir, _ = fashion_run
-    result = run_script("vae_fashion_mnist.py", "--eval-only", outdir / "model.keras", "--data-dir", fashion_dir,
-                        "--outdir", tmp_path, "--iw-samples", 2, "--fd-images", 16, "--limit", 64,
-                        "--iwae-images", 8, "--seed", 3)
+    result = run_in_process("vae_fashion_mnist.py", "--eval-only", outdir / "model.keras", "--data-dir", fashion_dir,
+                            "--outdir", tmp_path, "--iw-samples", 2, "--fd-images", 16, "--limit", 64,
+                            "--iwae-images", 8, "--seed", 3)
     assert result.returncode == 0, result.stderr[-3000:]
     before = json.loads((outdir / "metrics.json").read_text())
     after = json.loads((tmp_path / "metrics.json").read_text())
@@ -186,10 +186,10 @@ def test_eval_only_reproduces_the_runs_metrics(fashion_run, fashion_dir, tmp_pat
 @pytest.mark.slow
 def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(fashion_run, fashion_dir, tmp_path):
     outdir, _ = fashion_run
-    first = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--outdir", tmp_path, "--epochs", 1,
-                       "--iw-samples", 0, "--fd-images", 0, *QUICK, *FASHION_HVAE)
+    first = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--outdir", tmp_path, "--epochs", 1,
+                           "--iw-samples", 0, "--fd-images", 0, *QUICK, *FASHION_HVAE)
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = run_script("vae_fashion_mnist.py", "--resume", "--outdir", tmp_path, "--epochs", 2)
+    resumed = run_in_process("vae_fashion_mnist.py", "--resume", "--outdir", tmp_path, "--epochs", 2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     history = read_csv(tmp_path / "history.csv")
     assert [row["epoch"] for row in history] == [1, 2]

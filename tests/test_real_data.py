@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from kit import data
-from conftest import run_script
+from conftest import run_in_process
 
-pytestmark = pytest.mark.slow  # end to end, in subprocesses: `pytest -m "not slow"` skips them
+pytestmark = pytest.mark.slow  # end to end: `pytest -m "not slow"` skips them
 
 CIFAR_DIR = os.environ.get("VAE_CIFAR10_DIR")
 
@@ -17,8 +17,8 @@ CIFAR_DIR = os.environ.get("VAE_CIFAR10_DIR")
                     reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_two_hundred_steps_on_real_fashion_mnist(tmp_path):
     # keras-io architecture, 200 steps of 128 images; the untrained model scores about 543 nats.
-    result = run_script("vae_fashion_mnist.py", "--preset", "keras-io", "--epochs", 1, "--limit", 25600,
-                        "--iw-samples", 0, "--fd-images", 0, "--outdir", tmp_path, timeout=300)
+    result = run_in_process("vae_fashion_mnist.py", "--preset", "keras-io", "--epochs", 1, "--limit", 25600,
+                            "--iw-samples", 0, "--fd-images", 0, "--outdir", tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["data_source"] == str(data.DEBIAN_FASHION_MNIST_DIR) and metrics["data_warnings"] == []
@@ -30,11 +30,11 @@ def test_two_hundred_steps_on_real_fashion_mnist(tmp_path):
 @pytest.mark.skipif(not CIFAR_DIR or not data.find_cifar_dir(CIFAR_DIR),
                     reason="no CIFAR-10 folder in VAE_CIFAR10_DIR")
 def test_two_hundred_steps_on_cifar10_from_env(tmp_path):
-    result = run_script("vae_cifar10.py", "--data-dir", CIFAR_DIR, "--epochs", 1, "--limit", 12800,
-                        "--batch-size", 64, "--lr-schedule", "constant", "--latent-dim", 32,
-                        "--likelihood", "bernoulli", "--encoder-filters", "16,32",
-                        "--encoder-dense", "128", "--decoder-filters", "32,16", "--decoder-dense", "",
-                        "--iw-samples", 0, "--fd-images", 0, "--outdir", tmp_path, timeout=300)
+    result = run_in_process("vae_cifar10.py", "--data-dir", CIFAR_DIR, "--epochs", 1, "--limit", 12800,
+                            "--batch-size", 64, "--lr-schedule", "constant", "--latent-dim", 32,
+                            "--likelihood", "bernoulli", "--encoder-filters", "16,32",
+                            "--encoder-dense", "128", "--decoder-filters", "32,16", "--decoder-dense", "",
+                            "--iw-samples", 0, "--fd-images", 0, "--outdir", tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test_images"] == 10000 and Path(metrics["data_source"]).name == "cifar-10-batches-py"

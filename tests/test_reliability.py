@@ -90,16 +90,18 @@ def copy_run(trained_run, tmp_path, name="run"):
     return target
 
 
-def train_tiny(fashion_dir, outdir, *extra, epochs=1, limit=64):
-    return run_script(FASHION, "--data-dir", fashion_dir, "--epochs", epochs, "--limit", limit,
-                      "--outdir", outdir, *TINY_RUN, *extra)
+def train_tiny(fashion_dir, outdir, *extra, epochs=1, limit=64, fresh=False):
+    """A tiny run in this process, or in a fresh one (fresh=True: where its Python warnings count)."""
+    run = run_script if fresh else run_in_process
+    return run(FASHION, "--data-dir", fashion_dir, "--epochs", epochs, "--limit", limit,
+               "--outdir", outdir, *TINY_RUN, *extra)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, fashion_dir):
     """One finished tiny run (1 epoch, Bernoulli): a checkpoint, config.json, history.csv, ..."""
     outdir = tmp_path_factory.mktemp("reliability") / "trained"
-    result = train_tiny(fashion_dir, outdir)
+    result = train_tiny(fashion_dir, outdir, fresh=True)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((outdir / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 1 and (outdir / "checkpoint" / state["model"]).is_file()
@@ -140,8 +142,8 @@ def test_resume_refuses_an_option_that_contradicts_the_checkpoint(trained_run, t
 @pytest.mark.slow
 def test_resume_with_the_same_options_and_more_epochs_trains_on(trained_run, fashion_dir, tmp_path):
     outdir = copy_run(trained_run, tmp_path)
-    result = run_script(FASHION, "--resume", "--outdir", outdir, "--epochs", 2, "--data-dir",
-                        fashion_dir, "--limit", 64, "--likelihood", "bernoulli", *TINY_RUN)
+    result = run_in_process(FASHION, "--resume", "--outdir", outdir, "--epochs", 2, "--data-dir",
+                            fashion_dir, "--limit", 64, "--likelihood", "bernoulli", *TINY_RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [row["epoch"] for row in read_csv(outdir / "history.csv")] == [1, 2]
     config = json.loads((outdir / "config.json").read_text())
@@ -200,7 +202,7 @@ def test_a_model_too_big_for_memory_is_refused_before_anything_is_made(tmp_path,
     if int(needed) <= physical_memory_bytes() / 2:
         pytest.skip(f"this machine has memory for the {int(needed) / 1e9:.0f} GB model")
     outdir = tmp_path / "big"
-    result = run_script(FASHION, "--outdir", outdir, "--epochs", 1, *option, timeout=240)
+    result = run_in_process(FASHION, "--outdir", outdir, "--epochs", 1, *option, timeout=240)
     line = assert_one_line(result, 2)
     assert "GB" in line and "memory" in line, line
     assert not outdir.exists()
@@ -357,7 +359,7 @@ def test_tensorboard_onto_a_file_is_refused_before_anything_is_written(tmp_path)
     outdir = tmp_path / "run"
     outdir.mkdir()
     (outdir / "tensorboard").write_text("not a folder")
-    result = run_script(FASHION, "--outdir", outdir, "--epochs", 1, "--tensorboard", timeout=240)
+    result = run_in_process(FASHION, "--outdir", outdir, "--epochs", 1, "--tensorboard", timeout=240)
     line = assert_one_line(result, 2)
     assert "--tensorboard" in line and "not a folder" in line, line
     assert sorted(p.name for p in outdir.iterdir()) == ["tensorboard"]  # no config.json, no lock
@@ -371,8 +373,8 @@ def test_a_fresh_run_stopped_by_nan_leaves_no_stale_results(fashion_dir, tmp_pat
     outdir.mkdir()
     (outdir / "metrics.json").write_text('{"test_neg_elbo": 1.0}')
     (outdir / "model.keras").write_bytes(b"an older run's model")
-    result = run_script(FASHION, "--data-dir", fashion_dir, "--epochs", 3, "--limit", 256, "--lr", "1e12",
-                        "--lr-schedule", "constant", "--seed", 5, "--outdir", outdir, *TINY_RUN)
+    result = run_in_process(FASHION, "--data-dir", fashion_dir, "--epochs", 3, "--limit", 256, "--lr", "1e12",
+                            "--lr-schedule", "constant", "--seed", 5, "--outdir", outdir, *TINY_RUN)
     assert result.returncode == 3, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert not (outdir / "metrics.json").exists() and not (outdir / "model.keras").exists()
@@ -421,8 +423,8 @@ def test_a_feature_cache_on_a_file_is_refused_before_training(fashion_dir, tmp_p
     blocker = tmp_path / "cache-file"
     blocker.write_text("not a folder")
     outdir = tmp_path / "out"
-    result = run_script(FASHION, "--data-dir", fashion_dir, "--epochs", 1, "--limit", 64, "--outdir",
-                        outdir, *TINY_MODEL, timeout=60, env={"VAE_KIT_CACHE": str(blocker)})
+    result = run_in_process(FASHION, "--data-dir", fashion_dir, "--epochs", 1, "--limit", 64, "--outdir",
+                            outdir, *TINY_MODEL, timeout=60, env={"VAE_KIT_CACHE": str(blocker)})
     line = assert_one_line(result, 2)
     assert f"cannot be cached in {blocker}/feature-nets/fashion_mnist: {blocker} is not a folder" in line
     assert "Epoch 1" not in result.stdout and not outdir.exists()
@@ -445,8 +447,8 @@ def write_damaged_feature_cache(cache, fashion_dir):
 def test_a_damaged_cached_feature_network_is_refused_before_training(fashion_dir, tmp_path):
     folder = write_damaged_feature_cache(tmp_path / "cache", fashion_dir)
     outdir = tmp_path / "out"
-    result = run_script(FASHION, "--data-dir", fashion_dir, "--epochs", 1, "--limit", 64, "--outdir",
-                        outdir, *TINY_MODEL, timeout=120, env={"VAE_KIT_CACHE": str(tmp_path / "cache")})
+    result = run_in_process(FASHION, "--data-dir", fashion_dir, "--epochs", 1, "--limit", 64, "--outdir",
+                            outdir, *TINY_MODEL, timeout=120, env={"VAE_KIT_CACHE": str(tmp_path / "cache")})
     line = assert_one_line(result, 2)
     assert f"{folder}/feature_net.keras is missing or does not match info.json" in line, line
     assert "--refresh-feature-net" in line
@@ -456,7 +458,7 @@ def test_a_damaged_cached_feature_network_is_refused_before_training(fashion_dir
 @pytest.mark.slow
 def test_an_outdir_name_too_long_is_refused_before_anything_is_made(tmp_path):
     outdir = tmp_path / "missing" / ("n" * 300)
-    result = run_script(FASHION, "--outdir", outdir, "--epochs", 1, timeout=60)
+    result = run_in_process(FASHION, "--outdir", outdir, "--epochs", 1, timeout=60)
     line = assert_one_line(result, 2)
     assert "cannot be written: the name nnnn" in line and "300 bytes long" in line, line
     assert list(tmp_path.iterdir()) == []  # not even the missing parent
@@ -483,8 +485,8 @@ def test_eval_only_beside_a_damaged_history_warns_and_evaluates(trained_run, fas
     run = copy_run(trained_run, tmp_path)
     (run / "history.csv").write_bytes(DAMAGED_HISTORIES[0].encode("latin-1"))
     outdir = tmp_path / "eval"
-    result = run_script(FASHION, "--eval-only", run / "model.keras", "--data-dir", fashion_dir,
-                        "--fd-images", 0, "--iw-samples", 0, "--outdir", outdir, timeout=120)
+    result = run_in_process(FASHION, "--eval-only", run / "model.keras", "--data-dir", fashion_dir,
+                            "--fd-images", 0, "--iw-samples", 0, "--outdir", outdir, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     warnings = [line for line in result.stderr.splitlines() if "history.csv" in line]
@@ -499,8 +501,8 @@ def test_eval_only_beside_a_damaged_history_warns_and_evaluates(trained_run, fas
 def cifar_run(tmp_path_factory, cifar_dir):
     """One finished tiny CIFAR-10 run folder."""
     outdir = tmp_path_factory.mktemp("cifar") / "run"
-    result = run_script("vae_cifar10.py", "--data-dir", cifar_dir, "--epochs", 1, "--limit", 64,
-                        "--outdir", outdir, *TINY_RUN)
+    result = run_in_process("vae_cifar10.py", "--data-dir", cifar_dir, "--epochs", 1, "--limit", 64,
+                            "--outdir", outdir, *TINY_RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     return outdir
 

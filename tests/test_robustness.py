@@ -11,7 +11,7 @@ import pytest
 
 import common  # noqa: F401  (registers the VAE classes for keras.models.load_model)
 from kit.callbacks import StopOnSignal, TrainingStopped
-from conftest import ROOT, TEST_VALIDATION, TINY_MODEL, run_script
+from conftest import ROOT, TEST_VALIDATION, TINY_MODEL, run_in_process, run_script
 from kit.atomic_files import atomic_path, read_csv, remove_leftover_temporaries
 
 # Constant LR: a cosine schedule's length depends on --epochs, and these tests compare runs of
@@ -38,8 +38,8 @@ def straight_run(tmp_path_factory, fashion_dir):
 
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_history(straight_run, fashion_dir, tmp_path):
-    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
-                        "--limit", 128, "--outdir", tmp_path, *QUICK)
+    result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
+                            "--limit", 128, "--outdir", tmp_path, *QUICK)
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_allclose(losses(read_csv(tmp_path / "history.csv")),
                                losses(read_csv(straight_run / "history.csv")), rtol=HISTORY_RTOL)
@@ -47,11 +47,11 @@ def test_the_same_seed_gives_the_same_history(straight_run, fashion_dir, tmp_pat
 
 @pytest.mark.slow
 def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(straight_run, fashion_dir, tmp_path):
-    first = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 1,
-                       "--limit", 128, "--outdir", tmp_path, *QUICK)
+    first = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 1,
+                           "--limit", 128, "--outdir", tmp_path, *QUICK)
     assert first.returncode == 0, first.stderr[-3000:]
     # Only --epochs is given again: everything else comes from the first run's config.json.
-    resumed = run_script("vae_fashion_mnist.py", "--epochs", 3, "--outdir", tmp_path, "--resume")
+    resumed = run_in_process("vae_fashion_mnist.py", "--epochs", 3, "--outdir", tmp_path, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     history = read_csv(tmp_path / "history.csv")
     assert [row["epoch"] for row in history] == [1, 2, 3]  # appended, not restarted
@@ -66,8 +66,8 @@ def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(straight_r
 @pytest.mark.slow
 def test_resume_with_a_different_latent_dim_is_refused_without_touching_outputs(straight_run, fashion_dir):
     before = (straight_run / "history.csv").read_bytes()
-    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 5,
-                        "--outdir", straight_run, "--resume", "--latent-dim", "7")
+    result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 5,
+                            "--outdir", straight_run, "--resume", "--latent-dim", "7")
     assert result.returncode == 2 and "--latent-dim 7 does not match" in result.stderr
     assert "Traceback" not in result.stderr
     assert (straight_run / "history.csv").read_bytes() == before
@@ -75,8 +75,8 @@ def test_resume_with_a_different_latent_dim_is_refused_without_touching_outputs(
 
 @pytest.mark.slow
 def test_resume_past_the_requested_epochs_is_refused(straight_run, fashion_dir):
-    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
-                        "--outdir", straight_run, "--resume")
+    result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
+                            "--outdir", straight_run, "--resume")
     assert result.returncode == 2 and "already at epoch 3" in result.stderr
 
 
@@ -139,8 +139,8 @@ def test_kill_9_loses_at_most_the_running_epoch(fashion_dir, tmp_path):
     state = assert_consistent_checkpoint(tmp_path, temporaries_allowed=True)
     assert state["epoch"] >= 2
     (tmp_path / ".loss_curves.tmp999999.png").write_bytes(b"half a png")  # as a kill mid-write leaves
-    resumed = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", state["epoch"] + 1,
-                         "--limit", 256, "--outdir", tmp_path, "--resume", *QUICK)
+    resumed = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", state["epoch"] + 1,
+                             "--limit", 256, "--outdir", tmp_path, "--resume", *QUICK)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["epoch"] for r in read_csv(tmp_path / "history.csv")] == list(range(1, state["epoch"] + 2))
     assert not leftover_temporaries(tmp_path)  # the resumed run cleared what the killed one left
@@ -160,8 +160,8 @@ def test_a_second_interrupt_exits_at_once():
 
 @pytest.mark.slow
 def test_a_non_finite_loss_stops_training_naming_epoch_and_step(fashion_dir, tmp_path):
-    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3, "--limit", 256,
-                        "--lr", "1e12", "--outdir", tmp_path, *QUICK)
+    result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3, "--limit", 256,
+                            "--lr", "1e12", "--outdir", tmp_path, *QUICK)
     assert result.returncode == 3, result.stderr[-3000:]
     assert "at epoch 1, step" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "model.keras").exists()  # nothing broken is saved as the result
@@ -221,7 +221,7 @@ def wait_for_the_evaluation(outdir, process, timeout=120):
 
 
 def assert_resume_finishes_the_evaluation(outdir):
-    resumed = run_script("vae_fashion_mnist.py", "--resume", "--outdir", outdir, "--iw-samples", 2)
+    resumed = run_in_process("vae_fashion_mnist.py", "--resume", "--outdir", outdir, "--iw-samples", 2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Training of {outdir} is done (epoch 1): finishing its evaluation" in resumed.stdout
     assert "Epoch 1/" not in resumed.stdout  # no training
@@ -231,7 +231,7 @@ def assert_resume_finishes_the_evaluation(outdir):
     for name in ("model.keras", "samples.png", "reconstructions.png", "latent_gmm.npz"):
         assert (outdir / name).is_file(), name
     assert not leftover_temporaries(outdir)
-    again = run_script("vae_fashion_mnist.py", "--resume", "--outdir", outdir, timeout=60)
+    again = run_in_process("vae_fashion_mnist.py", "--resume", "--outdir", outdir, timeout=60)
     assert again.returncode == 2 and "already at epoch 1 and its run is finished" in again.stderr
 
 
@@ -270,11 +270,12 @@ def test_a_signal_while_tensorflow_traces_a_function_is_still_a_stop():
         time.sleep(5)
         return x + 1.0
 
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrainingStopped) as stop:
         with stop_on_signal_at_once():
             traced(tf.constant(1.0))
     assert stop.value.exit_code == 143 and str(stop.value) == "interrupted by SIGTERM"
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_a_signal_stops_the_evaluation_at_once_and_says_how_to_finish_it(tmp_path):

@@ -82,9 +82,9 @@ def test_fashion_script_writes_every_output(fashion_run, fashion_dir):
 
 def test_eval_only_reproduces_the_metrics_of_the_run(fashion_run, fashion_dir, tmp_path):
     outdir, _ = fashion_run
-    result = run_script("vae_fashion_mnist.py", "--eval-only", outdir / "model.keras", "--data-dir",
-                        fashion_dir, "--iw-samples", 5, "--iwae-images", 50, "--seed", 3,
-                        "--outdir", tmp_path)
+    result = run_in_process("vae_fashion_mnist.py", "--eval-only", outdir / "model.keras", "--data-dir",
+                            fashion_dir, "--iw-samples", 5, "--iwae-images", 50, "--seed", 3,
+                            "--outdir", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     before = json.loads((outdir / "metrics.json").read_text())
     after = json.loads((tmp_path / "metrics.json").read_text())
@@ -112,9 +112,9 @@ def test_eval_only_rejects_a_latent_dim_it_cannot_honour(fashion_run, fashion_di
 
 
 def test_cifar_script_writes_every_output(cifar_dir, tmp_path):
-    result = run_script("vae_cifar10.py", "--data-dir", cifar_dir, "--epochs", 1, "--iw-samples", 3,
-                        "--iwae-images", 20, "--outdir", tmp_path, *TINY_MODEL[:-4], "--latent-dim", 4,
-                        "--batch-size", 50)
+    result = run_in_process("vae_cifar10.py", "--data-dir", cifar_dir, "--epochs", 1, "--iw-samples", 3,
+                            "--iwae-images", 20, "--outdir", tmp_path, *TINY_MODEL[:-4], "--latent-dim", 4,
+                            "--batch-size", 50)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in PICTURES:
         assert png_size(tmp_path / name)[0] > 200, name
@@ -145,8 +145,8 @@ def test_cifar_script_writes_every_output(cifar_dir, tmp_path):
 ])
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, message):
     outdir = tmp_path / "out"
-    result = run_script("vae_fashion_mnist.py", *args, "--outdir", outdir, timeout=240,
-                        env={"TF_CONFIG": ""})
+    result = run_in_process("vae_fashion_mnist.py", *args, "--outdir", outdir, timeout=240,
+                            env={"TF_CONFIG": ""})
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -168,9 +168,9 @@ def test_missing_data_exits_1_with_advice_and_no_traceback(tmp_path):
 
 
 def test_continuous_bernoulli_warmup_and_tensorboard_end_to_end(fashion_dir, tmp_path):
-    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 2, "--limit", 128,
-                        "--likelihood", "continuous-bernoulli", "--kl-warmup", 2, "--tensorboard",
-                        "--iw-samples", 4, "--iwae-images", 20, "--outdir", tmp_path, *TINY_MODEL)
+    result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 2, "--limit", 128,
+                            "--likelihood", "continuous-bernoulli", "--kl-warmup", 2, "--tensorboard",
+                            "--iw-samples", 4, "--iwae-images", 20, "--outdir", tmp_path, *TINY_MODEL)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["likelihood"] == "continuous-bernoulli"
@@ -188,8 +188,8 @@ def test_a_feature_network_cached_for_other_data_is_refused_before_training(fash
     # The session's cache holds the feature network of the fixture data; other files are refused
     # at once, with the way out in the message, and nothing is trained or written.
     other = write_fashion_mnist(tmp_path / "other", seed=9)
-    result = run_script("vae_fashion_mnist.py", "--data-dir", other, "--epochs", 1,
-                        "--outdir", tmp_path / "out", *TINY_MODEL)
+    result = run_in_process("vae_fashion_mnist.py", "--data-dir", other, "--epochs", 1,
+                            "--outdir", tmp_path / "out", *TINY_MODEL)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "trained on other data" in result.stderr and "--refresh-feature-net" in result.stderr
     assert "Epoch 1" not in result.stdout and not (tmp_path / "out").exists()
