@@ -3,6 +3,7 @@
     python bench/time_to_quality.py --run keras-io=outputs/keras_io --run default=outputs/fashion_mnist \
         --target 240 --plot docs/elbo_vs_time.png
     python bench/time_to_quality.py --run logistic=DIR --bits-per-dim 3072 --line PNG=5.985 ...
+    python bench/time_to_quality.py --run hierarchical=DIR --points "older run=237:5.815,795:4.929" ...
 
 Reads each run's history.csv: the validation terms are single-sample estimates over the whole test
 split with beta = 1 (val_reconstruction_loss + val_kl_loss, so KL warm-up does not hide anything),
@@ -62,6 +63,10 @@ def main():
                         help="plot −ELBO / (D ln 2): bits/dim (of 8-bit data for the discretized likelihoods)")
     parser.add_argument("--line", action="append", default=[], metavar="NAME=LEVEL",
                         help="a flat reference line, e.g. PNG=5.985")
+    parser.add_argument("--points", action="append", default=[], metavar="NAME=S:V,S:V,...",
+                        help="a curve from a published table (seconds:value, in the plotted unit), for a run "
+                             "whose folder is gone; plotted after the --run curves")
+    parser.add_argument("--ylabel", help="the y axis' label (default: test −ELBO and its unit)")
     args = parser.parse_args()
     curves = dict((name, elbo_curve(path)) for name, path in (r.split("=", 1) for r in args.run))
     unit = "nats/image"
@@ -69,6 +74,9 @@ def main():
         curves = {name: (t, [v / (args.bits_per_dim * math.log(2.0)) for v in values])
                   for name, (t, values) in curves.items()}
         unit = "bits/dim"
+    for name, points in (p.split("=", 1) for p in args.points):
+        pairs = [tuple(map(float, point.split(":"))) for point in points.split(",")]
+        curves[name] = ([s for s, _ in pairs], [v for _, v in pairs])
     reference_name, reference = next(iter(curves.items()))
     reference_final = reference[1][-1]
     report = {"target": args.target, "reference": reference_name, "reference_final_neg_elbo": reference_final,
@@ -85,7 +93,7 @@ def main():
     lines = dict((name, float(level)) for name, level in (line.split("=", 1) for line in args.line))
     if args.target is not None:
         lines["target"] = args.target
-    plot_curves_vs_time(curves, args.plot, args.title, f"test −ELBO ({unit})", lines)
+    plot_curves_vs_time(curves, args.plot, args.title, args.ylabel or f"test −ELBO ({unit})", lines)
 
 
 if __name__ == "__main__":
