@@ -1,6 +1,8 @@
 """Training on one device and on two logical CPU devices (MirroredStrategy) from the same weights
 on the same batches, for several likelihoods; prints per likelihood the largest weight difference
 as JSON. Run in its own process: logical devices must be configured before TensorFlow starts.
+Arguments: likelihood names for the seed VAE; "hierarchical:NAME" for the hierarchical VAE
+(tests/hierarchical_distributed_step.py), so that one process starts TensorFlow for both.
 
 Batches: 128 images (64 per replica), the 129 as one batch (65 + 64), then 1 image (one replica
 empty). The first batch is even because Keras' fit reduces the first batch over replicas to build
@@ -51,7 +53,12 @@ def main():
     x = np.random.default_rng(0).random((129, *IMAGE_SHAPE)).astype(np.float32)
     x = np.round(x * 255) / 255  # 8-bit levels, as the discretized likelihoods expect
     results = {}
-    for likelihood in sys.argv[1:]:
+    plain = [arg for arg in sys.argv[1:] if not arg.startswith("hierarchical:")]
+    hierarchical = [arg.split(":", 1)[1] for arg in sys.argv[1:] if arg.startswith("hierarchical:")]
+    if hierarchical:
+        from hierarchical_distributed_step import compare_steps
+        results.update({f"hierarchical:{k}": v for k, v in compare_steps(mirrored, x, hierarchical).items()})
+    for likelihood in plain:
         keras.utils.set_random_seed(0)
         initial = tiny_vae(likelihood).get_weights()
         single_weights, single_loss = train(tf.distribute.get_strategy(), likelihood, initial, x)

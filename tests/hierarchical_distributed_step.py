@@ -46,12 +46,10 @@ def train(strategy, likelihood, initial_weights, x, grad_clip, skip_threshold):
             int(model.optimizer.iterations.numpy()))
 
 
-def main():
-    mirrored = make_strategy("mirrored")  # two logical CPUs on a machine without GPUs
-    x = np.random.default_rng(0).random((129, *IMAGE_SHAPE)).astype(np.float32)
-    x = np.round(x * 255) / 255
+def compare_steps(mirrored, x, likelihoods):
+    """{likelihood: the single-device and mirrored runs' weight differences and counts}."""
     results = {}
-    for likelihood in sys.argv[1:]:
+    for likelihood in likelihoods:
         keras.utils.set_random_seed(0)
         probe = tiny_model(likelihood, None, None)
         initial = probe.get_weights()
@@ -75,7 +73,14 @@ def main():
                                "single_loss": single[1], "mirrored_loss": multi[1],
                                "single_skipped": single[2], "mirrored_skipped": multi[2],
                                "single_iterations": single[3], "mirrored_iterations": multi[3]}
-    print(json.dumps(results))
+    return results
+
+
+def main():
+    mirrored = make_strategy("mirrored")  # two logical CPUs on a machine without GPUs
+    x = np.random.default_rng(0).random((129, *IMAGE_SHAPE)).astype(np.float32)
+    x = np.round(x * 255) / 255
+    print(json.dumps(compare_steps(mirrored, x, sys.argv[1:])))
 
 
 if __name__ == "__main__":

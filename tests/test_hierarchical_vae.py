@@ -1,17 +1,11 @@
 """The hierarchical (VDVAE-style) VAE: KL and IWAE against hand computations, sampling, saving,
-training with clipping and skipping, mixed precision and the mirrored step."""
-import json
-import os
-import subprocess
-import sys
-
+training with clipping and skipping, mixed precision (the mirrored step: tests/test_distribute.py)."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.special import logsumexp
 
-from conftest import ROOT
 from kit.hierarchical_vae import (HierarchicalVAE, build_hierarchical_vae, gaussian_analytic_kl,
                                   gaussian_log_density, resolution_chain)
 
@@ -230,23 +224,3 @@ def test_mixed_bfloat16_gives_float32_losses_and_finite_gradients():
         assert np.all(np.isfinite(log_w)) and np.all(np.isfinite(model.sample(2, seed=0)))
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
-
-
-@pytest.mark.slow  # a subprocess with two logical devices, ~25 s, as test_distribute's mirrored test
-def test_mirrored_step_equals_the_one_device_step():
-    # Batches of 128, 129 (65 + 64), 1 (an empty replica) and 64, clipping active on every step
-    # and one step skipped: norms and decisions must be the global batch's.
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
-    likelihoods = ("gaussian",)  # its sigma is the global batch's too; the mixture: tests/test_distribute.py
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "hierarchical_distributed_step.py"), *likelihoods],
-                            env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(result.stdout.strip().splitlines()[-1])
-    for likelihood in likelihoods:
-        out = results[likelihood]
-        assert out["replicas"] == 2
-        assert out["max_weight_change"] > 1e-4, out
-        assert out["max_relative_difference"] < 1e-6, (likelihood, out)
-        assert out["mirrored_loss"] == pytest.approx(out["single_loss"], rel=1e-5), (likelihood, out)
-        assert out["single_skipped"] == out["mirrored_skipped"] >= 1, (likelihood, out)
-        assert out["single_iterations"] == out["mirrored_iterations"] >= 1, (likelihood, out)

@@ -1,4 +1,4 @@
-"""A few hundred training steps on real data, where it is on this machine (skipped otherwise)."""
+"""One or two hundred training steps on real data, where it is on this machine (skipped otherwise)."""
 import json
 import os
 from pathlib import Path
@@ -15,16 +15,16 @@ CIFAR_DIR = os.environ.get("VAE_CIFAR10_DIR")
 
 @pytest.mark.skipif(not data.has_fashion_mnist_files(data.DEBIAN_FASHION_MNIST_DIR),
                     reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-def test_two_hundred_steps_on_real_fashion_mnist(tmp_path):
-    # keras-io architecture, 200 steps of 128 images; the untrained model scores about 543 nats.
-    result = run_in_process("vae_fashion_mnist.py", "--preset", "keras-io", "--epochs", 1, "--limit", 25600,
+def test_a_hundred_steps_on_real_fashion_mnist(tmp_path):
+    # keras-io architecture, 100 steps of 128 images; the untrained model scores about 543 nats.
+    result = run_in_process("vae_fashion_mnist.py", "--preset", "keras-io", "--epochs", 1, "--limit", 12800,
                             "--iw-samples", 0, "--fd-images", 0, "--outdir", tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["data_source"] == str(data.DEBIAN_FASHION_MNIST_DIR) and metrics["data_warnings"] == []
     assert metrics["test_images"] == 10000
     assert metrics["bce_floor"] == pytest.approx(189.86, abs=0.01)  # the test split's binary entropy
-    assert metrics["test_neg_elbo"] < 340  # 331.7 when this test was written
+    assert metrics["test_neg_elbo"] < 400  # 358.0 on 2026-12-01 (331.7 after 200 steps)
 
 
 @pytest.mark.skipif(not CIFAR_DIR or not data.find_cifar_dir(CIFAR_DIR),
