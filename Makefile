@@ -21,8 +21,8 @@ run: $(VENV)/.installed  ## train Fashion-MNIST at the defaults into outputs/fas
 cifar: $(VENV)/.installed  ## train CIFAR-10 at the defaults into outputs/cifar10/
 	$(PY) vae_cifar10.py
 
-test: $(VENV)/.dev-installed  ## the whole test suite, two test files at a time (pytest-xdist)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+test: $(VENV)/.dev-installed  ## the whole test suite, two test files at a time (pytest-xdist), longest first
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bench: $(VENV)/.installed  ## the benchmarks behind docs/BENCHMARKS.md (about 50 minutes on 2 cores)
 	bash bench/run_all.sh
