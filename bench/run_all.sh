@@ -41,3 +41,6 @@ $PY bench/likelihoods.py --script vae_cifar10.py $CIFAR_ARGS --title "CIFAR-10 (
     --pick gaussian-wide --picture docs/cifar10_likelihoods.png | tee bench/results/likelihoods_cifar10.md
 $PY bench/likelihoods.py --script vae_fashion_mnist.py --title "Fashion-MNIST" \
     --runs bce gaussian discretized-logistic | tee bench/results/likelihoods_fashion_mnist.md
+
+# Memory: the discretized logistic's mean against the same loops run ten at once (issue 17).
+$PY bench/mean_memory.py --runs 20 | tee bench/results/mean_memory.md

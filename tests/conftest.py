@@ -150,12 +150,23 @@ def peak_memory_growth_mb(setup, measured, timeout=240):
     """How far `measured` (Python source) raises the peak RSS of a fresh process after `setup`, in MB.
 
     A fresh process, because the peak RSS is a process's lifetime high: in a pytest worker an
-    earlier test's peak would hide the growth (tracemalloc cannot see TensorFlow's allocator)."""
-    code = "\n".join(["import resource, sys", f"sys.path.insert(0, {str(ROOT)!r})", setup,
-                      "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss", measured,
-                      "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)"])
+    earlier test's peak would hide the growth (tracemalloc cannot see TensorFlow's allocator).
+    The peak is /proc/self/status's VmHWM, the peak of the process's own memory: on Linux a child's
+    ru_maxrss starts at its parent's RSS at the fork (a 3 GB pytest worker gave its child 3 GB
+    before it ran a line), which hid every growth smaller than that (issue 17). ru_maxrss where
+    there is no /proc."""
+    code = "\n".join(["import resource, sys", f"sys.path.insert(0, {str(ROOT)!r})",
+                      "def peak_mb():",
+                      "    try:",
+                      "        with open('/proc/self/status') as status:",
+                      "            return next(int(l.split()[1]) for l in status if l.startswith('VmHWM:')) / 1024",
+                      "    except (OSError, StopIteration):",
+                      "        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024",
+                      setup, "before = peak_mb()", measured, "print(peak_mb() - before)"])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=timeout, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
-    return float(result.stdout.split()[-1])
+    grown_mb = float(result.stdout.split()[-1])
+    print(f"peak growth of {measured!r}: {grown_mb:.1f} MB")  # shown with pytest -s
+    return grown_mb

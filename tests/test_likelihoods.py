@@ -74,9 +74,9 @@ def test_discretized_logistic_mean_is_the_expectation_over_the_levels():
 
 
 # Peak growth of the mean of a 12.3 MB input (a mixture's decode of 200 CIFAR images), each in a
-# fresh process on a 2-core machine: 48-73 MB over 20 runs one level at a time (issue 17); 168-183 MB
-# over 20 runs here and 303-408 MB on another machine when the while loop ran up to ten levels at once.
-MEAN_MEMORY_BOUND_MB = 140
+# fresh process on a 2-core machine, over 20 runs (`python bench/mean_memory.py`, 2026-12-01):
+# 79-122 MB in slices one level at a time; 250-338 MB with ten levels (and slices) at once.
+MEAN_MEMORY_BOUND_MB = 180
 
 
 def test_discretized_logistic_mean_memory_stays_near_its_input_size():
