@@ -234,8 +234,8 @@ def test_estimate_for_follows_the_arch(tmp_path):
 @pytest.mark.slow  # a fresh process trains one batch of 128 CIFAR-sized images, ~27 s
 def test_hierarchical_estimate_is_near_the_measured_training_memory():
     """The estimate against the peak memory growth of a training step (which also holds TensorFlow's
-    traced graphs, that no estimate from layer shapes counts): measured 1.09-1.14 GB in four runs
-    for this model (one intra-op thread, as in the tests), whose estimate is 0.97 GB."""
+    traced graphs, that no estimate from layer shapes counts): measured 993-1,102 MB in 20 runs
+    for this model (2026-12-01, the process's own peak), whose estimate is 974 MB."""
     blocks, resolutions = [1, 1, 1, 1, 1], [1, 4, 8, 16]
     setup = "\n".join([
         "import keras, numpy as np",

@@ -132,8 +132,8 @@ def test_each_gmm_sample_is_its_components_mean_plus_cholesky_times_noise():
     assert z.dtype == np.float32 and 0 < (component == 0).sum() < 50
 
 
-# Peak growth of GMM sampling (10,000 codes at latent 256), each in a fresh process: 51 MB in each of
-# 20 runs; an (n, L, L) array of covariances alone would be 5.2 GB.
+# Peak growth of GMM sampling (10,000 codes at latent 256), each in a fresh process: 52 MB in each of
+# 20 runs (2026-12-01, the process's own peak); an (n, L, L) array of covariances alone would be 5.2 GB.
 GMM_SAMPLING_MEMORY_BOUND_MB = 250
 
 
