@@ -1,26 +1,17 @@
 """The hierarchical VAE trained on one device and on two logical CPU devices (MirroredStrategy)
-from the same weights on the same batches; prints per likelihood the largest weight difference
-and the skipped-update counts as JSON. Run in its own process: logical devices must be configured
-before TensorFlow starts. As tests/distributed_step.py: batches of 128 (64 + 64), 129 (65 + 64)
-and 1 image (one replica empty); z = the posterior mean, so sampling noise cannot differ.
+from the same weights on the same batches: compare_steps, which tests/distributed_step.py runs in
+its process (with `hierarchical:NAME` arguments; logical devices must be configured before
+TensorFlow starts, and oneDNN is off there). The batches of distributed_step.py and one of 64:
+128 (64 + 64), 129 (65 + 64), 1 image (one replica empty); z = the posterior mean, so sampling
+noise cannot differ.
 
 Gradient clipping is set low enough to act on every step, and the skip threshold so that some
 steps are skipped: both must use the global batch's gradient norm, not a replica's."""
-import json
-import os
-import sys
+import keras
+import numpy as np
+import tensorflow as tf
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# oneDNN's Conv2D fails on the empty replica's batch of RGB images (see distributed_step.py).
-os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from kit.hierarchical_vae import build_hierarchical_vae  # noqa: E402
-from kit.run import make_strategy  # noqa: E402
+from kit.hierarchical_vae import build_hierarchical_vae
 
 IMAGE_SHAPE = (8, 8, 3)
 
@@ -75,13 +66,3 @@ def compare_steps(mirrored, x, likelihoods):
                                "single_iterations": single[3], "mirrored_iterations": multi[3]}
     return results
 
-
-def main():
-    mirrored = make_strategy("mirrored")  # two logical CPUs on a machine without GPUs
-    x = np.random.default_rng(0).random((129, *IMAGE_SHAPE)).astype(np.float32)
-    x = np.round(x * 255) / 255
-    print(json.dumps(compare_steps(mirrored, x, sys.argv[1:])))
-
-
-if __name__ == "__main__":
-    main()
