@@ -17,6 +17,10 @@ sys.path.insert(0, str(ROOT))
 # intra-op thread per process instead of two that fight over the cores (about 15 % faster).
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# TensorFlow's plain CPU kernels instead of oneDNN's: the tests' tiny models spend their time
+# starting kernels, not computing, and oneDNN's start costs more (a tiny hierarchical run: 38.7-42.1 s
+# against 43.2-47.8 s, 2026-12-01). Users' runs keep oneDNN, 9 % faster at full size (docs/BENCHMARKS.md).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # Feature networks the tests train go to a throw-away cache, never the user's (README, Samples).
 os.environ["VAE_KIT_CACHE"] = tempfile.mkdtemp(prefix="vae-kit-test-cache-")
 
