@@ -6,14 +6,19 @@ TensorFlow starts, and oneDNN is off there). The batches of distributed_step.py 
 noise cannot differ.
 
 Gradient clipping is set low enough to act on every step, and the skip threshold so that some
-steps are skipped: both must use the global batch's gradient norm, not a replica's."""
+steps are skipped: both must use the global batch's gradient norm, not a replica's. Then both
+trained models are evaluated as the scripts do, outside the strategy's scope: the mirrored one's
+numbers must be the single device's."""
 import keras
 import numpy as np
 import tensorflow as tf
 
+from kit.evaluate import compute_metrics
 from kit.hierarchical_vae import build_hierarchical_vae
 
 IMAGE_SHAPE = (8, 8, 3)
+# compute_metrics' numbers compared between the two trained models.
+METRICS = ("test_neg_elbo", "test_kl", "test_iwae_nll", "test_mse", "bits_per_dim_8bit", "iwae_bits_per_dim_8bit")
 
 
 def tiny_model(likelihood, grad_clip, skip_threshold):
@@ -33,8 +38,9 @@ def train(strategy, likelihood, initial_weights, x, grad_clip, skip_threshold):
     for batch in batches[1:]:
         data = data.concatenate(batch)
     logs = model.fit(data, epochs=1, verbose=0).history
+    metrics = compute_metrics(model, x[:32], iw_samples=2, iwae_images=8, seed=0, lossless_codecs=False)
     return ([w.numpy() for w in model.trainable_weights], logs["loss"][0], float(model.skipped_updates.numpy()),
-            int(model.optimizer.iterations.numpy()))
+            int(model.optimizer.iterations.numpy()), {key: metrics[key] for key in METRICS})
 
 
 def compare_steps(mirrored, x, likelihoods):
@@ -63,6 +69,7 @@ def compare_steps(mirrored, x, likelihoods):
                                "max_relative_difference": relative,
                                "single_loss": single[1], "mirrored_loss": multi[1],
                                "single_skipped": single[2], "mirrored_skipped": multi[2],
-                               "single_iterations": single[3], "mirrored_iterations": multi[3]}
+                               "single_iterations": single[3], "mirrored_iterations": multi[3],
+                               "single_metrics": single[4], "mirrored_metrics": multi[4]}
     return results
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common import build_vae
-from conftest import ROOT, TEST_VALIDATION, TINY_MODEL, run_script
+from conftest import ROOT, TEST_VALIDATION, TINY_MODEL
 from kit.atomic_files import read_csv
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -50,9 +50,9 @@ def test_mirrored_steps_on_two_devices_equal_steps_on_one_for_every_kind_of_like
 
 
 @pytest.mark.slow
-def test_mirrored_hierarchical_step_equals_the_one_device_step(distributed_steps):
+def test_mirrored_hierarchical_step_and_evaluation_equal_the_one_device_ones(distributed_steps):
     # Batches of 128, 129 (65 + 64), 1 (an empty replica) and 64, clipping active on every step
-    # and one step skipped: norms and decisions must be the global batch's
+    # and one step skipped: norms and decisions must be the global batch's; then the evaluation
     # (tests/hierarchical_distributed_step.py).
     for likelihood in HIERARCHICAL_LIKELIHOODS:
         out = distributed_steps[f"hierarchical:{likelihood}"]
@@ -62,6 +62,9 @@ def test_mirrored_hierarchical_step_equals_the_one_device_step(distributed_steps
         assert out["mirrored_loss"] == pytest.approx(out["single_loss"], rel=1e-5), (likelihood, out)
         assert out["single_skipped"] == out["mirrored_skipped"] >= 1, (likelihood, out)
         assert out["single_iterations"] == out["mirrored_iterations"] >= 1, (likelihood, out)
+        # Evaluated as the scripts do after training: the same numbers from the mirrored model.
+        for key, value in out["single_metrics"].items():
+            assert np.isfinite(value) and out["mirrored_metrics"][key] == pytest.approx(value, rel=1e-5), key
 
 
 def free_ports(n):
@@ -91,7 +94,7 @@ def test_two_workers_train_together_on_localhost(fashion_dir, tmp_path):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         args = [sys.executable, str(ROOT / "vae_fashion_mnist.py"), "--distribute", "multiworker",
                 "--data-dir", str(fashion_dir), "--epochs", "2", "--limit", "128", "--iw-samples", "0",
-                "--outdir", str(tmp_path / f"worker{index}"), *TINY_MODEL, *TEST_VALIDATION]
+                "--fd-images", "0", "--outdir", str(tmp_path / f"worker{index}"), *TINY_MODEL, *TEST_VALIDATION]
         processes.append(subprocess.Popen(args, cwd=ROOT, env={**ENV, "TF_CONFIG": json.dumps(tf_config)},
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
@@ -126,31 +129,46 @@ def test_mixed_precision_keeps_losses_float32_and_finite():
         keras.mixed_precision.set_dtype_policy("float32")
 
 
-@pytest.mark.slow
-def test_mixed_precision_under_the_mirrored_strategy_runs_end_to_end(fashion_dir, tmp_path):
-    """Both in one run, to keep the end-to-end runs few: bfloat16 on the CPU, two logical CPUs."""
-    result = run_script("vae_fashion_mnist.py", "--mixed-precision", "--distribute", "mirrored",
-                        "--data-dir", fashion_dir, "--epochs", 1, "--limit", 128, "--iw-samples", 4,
-                        "--iwae-images", 20, "--outdir", tmp_path, *TINY_MODEL)
+@pytest.fixture(scope="module")
+def mirrored_runs(fashion_dir, tmp_path_factory):
+    """The Fashion-MNIST script under --distribute mirrored, three runs in one process (two logical
+    CPUs serve all three; one TensorFlow start instead of three): two refused batch sizes, then a
+    run under mixed precision too (last: its precision policy stays set in the process)."""
+    folder = tmp_path_factory.mktemp("mirrored")
+    base = ["--distribute", "mirrored", "--data-dir", str(fashion_dir), *TINY_MODEL, *TEST_VALIDATION]
+    runs = {"odd batch": [*base, "--outdir", str(folder / "a"), "--batch-size", "33"],
+            # 129 images in batches of 32: the last batch of 1 would leave a replica without images.
+            "short last batch": [*base, "--outdir", str(folder / "b"), "--limit", "129"],
+            "mixed precision": [*base, "--outdir", str(folder / "run"), "--mixed-precision", "--epochs", "1",
+                                "--limit", "128", "--iw-samples", "4", "--iwae-images", "20"]}
+    (folder / "argv.json").write_text(json.dumps(list(runs.values())))
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "sweep_runs.py"), str(folder / "argv.json")],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(read_csv(tmp_path / "history.csv")) == 1
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert np.isfinite(metrics["test_neg_elbo"]) and np.isfinite(metrics["test_iwae_nll"])
-    config = json.loads((tmp_path / "config.json").read_text())  # a CPU computes in bfloat16
-    assert config["runtime"] == {"precision": "mixed_bfloat16", "deterministic_ops": False}
-    assert "Runtime: mixed_bfloat16 precision, CPU kernels, 2 replica(s)" in result.stdout
+    return folder, dict(zip(runs, json.loads(result.stdout.splitlines()[-1])))
 
 
 @pytest.mark.slow
-def test_batches_that_cannot_split_over_the_replicas_are_refused(fashion_dir, tmp_path):
-    odd = run_script("vae_fashion_mnist.py", "--distribute", "mirrored", "--data-dir", fashion_dir,
-                     "--outdir", tmp_path / "a", *TINY_MODEL, "--batch-size", 33)
-    assert odd.returncode == 2 and "Traceback" not in odd.stderr
-    assert "--batch-size 33 (224 training images) does not split evenly over 2 replicas" in odd.stderr
-    # 129 images in batches of 32: the last batch of 1 would leave a replica without images.
-    short = run_script("vae_fashion_mnist.py", "--distribute", "mirrored", "--data-dir", fashion_dir,
-                       "--outdir", tmp_path / "b", "--limit", 129, *TINY_MODEL)
-    assert short.returncode == 2 and "last batch of each epoch would hold 1 image(s)" in short.stderr
+def test_mixed_precision_under_the_mirrored_strategy_runs_end_to_end(mirrored_runs):
+    """Both in one run, to keep the end-to-end runs few: bfloat16 on the CPU, two logical CPUs."""
+    folder, results = mirrored_runs
+    result = results["mixed precision"]
+    assert result["code"] == 0, result["stderr"][-3000:]
+    assert len(read_csv(folder / "run" / "history.csv")) == 1
+    metrics = json.loads((folder / "run" / "metrics.json").read_text())
+    assert np.isfinite(metrics["test_neg_elbo"]) and np.isfinite(metrics["test_iwae_nll"])
+    config = json.loads((folder / "run" / "config.json").read_text())  # a CPU computes in bfloat16
+    assert config["runtime"] == {"precision": "mixed_bfloat16", "deterministic_ops": False}
+    assert "Runtime: mixed_bfloat16 precision, CPU kernels, 2 replica(s)" in result["stdout"]
+
+
+@pytest.mark.slow
+def test_batches_that_cannot_split_over_the_replicas_are_refused(mirrored_runs):
+    _, results = mirrored_runs
+    odd, short = results["odd batch"], results["short last batch"]
+    assert odd["code"] == 2 and "Traceback" not in odd["stderr"]
+    assert "--batch-size 33 (224 training images) does not split evenly over 2 replicas" in odd["stderr"]
+    assert short["code"] == 2 and "last batch of each epoch would hold 1 image(s)" in short["stderr"]
 
 
 def test_mixed_precision_picks_bfloat16_where_the_device_has_it():

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 from scipy.special import logsumexp
 
+from kit.evaluate import compute_metrics
 from kit.hierarchical_vae import (HierarchicalVAE, build_hierarchical_vae, gaussian_analytic_kl,
                                   gaussian_log_density, resolution_chain)
 
@@ -222,5 +223,9 @@ def test_mixed_bfloat16_gives_float32_losses_and_finite_gradients():
         assert all(np.isfinite(history["loss"])) and history["skipped_updates"][-1] == 0.0
         log_w = model.log_importance_weights(x[:2], model.draw_noise(2, 0, samples=3))
         assert np.all(np.isfinite(log_w)) and np.all(np.isfinite(model.sample(2, seed=0)))
+        # The scripts' evaluation, as after a --mixed-precision run.
+        metrics = compute_metrics(model, x, iw_samples=2, iwae_images=4, seed=0, lossless_codecs=False)
+        for key in ("test_neg_elbo", "test_kl", "test_iwae_nll", "test_psnr_db", "bits_per_dim_8bit"):
+            assert isinstance(metrics[key], float) and np.isfinite(metrics[key]), key
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
