@@ -16,7 +16,8 @@ from kit.atomic_files import atomic_path, read_csv, remove_leftover_temporaries
 
 # Constant LR: a cosine schedule's length depends on --epochs, and these tests compare runs of
 # different --epochs (README: Interrupted runs).
-QUICK = [*TINY_MODEL, *TEST_VALIDATION, "--iw-samples", "0", "--seed", "5", "--lr-schedule", "constant"]
+QUICK = [*TINY_MODEL, *TEST_VALIDATION, "--iw-samples", "0", "--fd-images", "0", "--seed", "5", "--lr-schedule",
+         "constant"]
 LOSS_COLUMNS = ["loss", "reconstruction_loss", "kl_loss", "val_loss", "val_reconstruction_loss", "val_kl_loss"]
 # The same seed and inputs give the same numbers up to float32 summation order in multithreaded
 # CPU kernels; README states this tolerance.
@@ -80,10 +81,12 @@ def test_resume_past_the_requested_epochs_is_refused(straight_run, fashion_dir):
     assert result.returncode == 2 and "already at epoch 3" in result.stderr
 
 
-def start_long_run(fashion_dir, outdir):
+def start_long_run(fashion_dir, outdir, resume=False):
+    """A 500-epoch run in its own process (or, resume=True, the --resume of the run in outdir)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "vae_fashion_mnist.py"), "--data-dir", str(fashion_dir),
-                             "--epochs", "500", "--limit", "256", "--outdir", str(outdir), *QUICK],
+    options = (["--resume"] if resume else ["--data-dir", str(fashion_dir), "--limit", "256", *QUICK])
+    return subprocess.Popen([sys.executable, str(ROOT / "vae_fashion_mnist.py"), "--epochs", "500",
+                             "--outdir", str(outdir), *options],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -116,34 +119,50 @@ def assert_consistent_checkpoint(outdir, temporaries_allowed=False):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_stops_at_a_safe_point_and_says_how_to_resume(fashion_dir, tmp_path, signum, code):
+def test_sigterm_stops_at_a_safe_point_and_kill_9_of_the_resumed_run_loses_at_most_its_running_epoch(
+        fashion_dir, tmp_path):
+    """One run's life on a cluster that preempts: SIGTERM (a safe stop, exit 143, with the command
+    to resume; Ctrl-C is the same handler: the next test), --resume, then kill -9 (no handler runs),
+    and a second --resume that carries on from the last whole checkpoint."""
     process = start_long_run(fashion_dir, tmp_path)
     wait_for_epochs(tmp_path, 1, process)
-    process.send_signal(signum)
+    process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=240)
-    assert process.returncode == code, stderr[-3000:]
+    assert process.returncode == 143, stderr[-3000:]
     assert "Resume with:" in stderr and "--resume" in stderr and "Traceback" not in stderr
-    state = assert_consistent_checkpoint(tmp_path)
-    assert len(read_csv(tmp_path / "history.csv")) == state["epoch"]
+    stopped = assert_consistent_checkpoint(tmp_path)
+    assert len(read_csv(tmp_path / "history.csv")) == stopped["epoch"]
     assert (tmp_path / "loss_curves.png").exists() and (tmp_path / "config.json").exists()
 
-
-@pytest.mark.slow
-def test_kill_9_loses_at_most_the_running_epoch(fashion_dir, tmp_path):
-    process = start_long_run(fashion_dir, tmp_path)
-    wait_for_epochs(tmp_path, 2, process)
+    process = start_long_run(fashion_dir, tmp_path, resume=True)
+    wait_for_epochs(tmp_path, stopped["epoch"] + 1, process)
     process.kill()  # SIGKILL: no handler runs
     process.communicate(timeout=240)
     # kill -9 may land inside a write: its temporary file stays, but every committed file is whole.
     state = assert_consistent_checkpoint(tmp_path, temporaries_allowed=True)
-    assert state["epoch"] >= 2
+    assert state["epoch"] > stopped["epoch"]
     (tmp_path / ".loss_curves.tmp999999.png").write_bytes(b"half a png")  # as a kill mid-write leaves
-    resumed = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", state["epoch"] + 1,
-                             "--limit", 256, "--outdir", tmp_path, "--resume", *QUICK)
+    resumed = run_in_process("vae_fashion_mnist.py", "--epochs", state["epoch"] + 1, "--outdir", tmp_path, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["epoch"] for r in read_csv(tmp_path / "history.csv")] == list(range(1, state["epoch"] + 2))
     assert not leftover_temporaries(tmp_path)  # the resumed run cleared what the killed one left
+
+
+def test_ctrl_c_stops_after_the_running_step_with_exit_130():
+    """A real SIGINT to this process, with the handler fit() installs."""
+    before = signal.getsignal(signal.SIGINT)
+    handler = StopOnSignal()
+    handler.on_train_begin()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # Python runs the handler between bytecodes, at once here
+        assert handler.received == signal.SIGINT
+        with pytest.raises(TrainingStopped, match="interrupted by SIGINT") as stop:
+            handler.on_train_batch_end(0)
+        assert stop.value.exit_code == 130
+        assert signal.getsignal(signal.SIGINT) is before  # restored on the stop
+    finally:
+        handler.restore()
 
 
 def test_a_second_interrupt_exits_at_once():
