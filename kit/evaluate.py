@@ -23,7 +23,7 @@ EVAL_BATCH = 1000
 IWAE_DECODES_PER_CALL = 4000  # the most decodes (samples x images) of one IWAE call
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _elbo_terms(model, x, eps):
     z_mean, z_log_var = model.encode(x)
     logits = model.decode(model.reparameterize(z_mean, z_log_var, eps))
@@ -54,7 +54,7 @@ def _hierarchical_elbo_terms(model, x, seed, batch_size, per_group):
     return np.concatenate([p[0] for p in parts]), (kls if per_group else kls.sum(axis=1))
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def log_importance_weights(model, x, eps):
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k = mean + sigma * eps[k].
 
@@ -300,7 +300,7 @@ def posterior_means(model, x, batch_size=EVAL_BATCH):
                            for i in range(0, len(x), batch_size)])
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _top_group_means(model, x):
     _, stats = model.top_down(tf.shape(x)[0], hierarchical_vae.POSTERIOR_MEAN, model.bottom_up(x))
     return tf.reshape(stats[0]["z"], (tf.shape(x)[0], -1))

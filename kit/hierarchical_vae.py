@@ -666,12 +666,12 @@ def _json_keys(value):
 
 
 # Graphs of the evaluation passes; one trace per model and input shape.
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _elbo_graph(model, x, noise):
     return model.per_image_losses_by_group(x, training=False, noise=noise)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _log_weights_graph(model, x, noise):
     k, b = tf.shape(noise[0])[0], tf.shape(x)[0]
 
@@ -689,14 +689,14 @@ def _log_weights_graph(model, x, noise):
     return tf.reshape(log_w, (k, b))
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _prior_images_graph(model, noise, temperatures):
     temps = [temperatures[i] for i in range(len(noise))]
     outputs, _ = model.top_down(tf.shape(noise[0])[0], PRIOR, noise=noise, temperature=temps)
     return model.mean_image(outputs)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _reconstruction_graph(model, x):
     outputs, _ = model.top_down(tf.shape(x)[0], POSTERIOR_MEAN, model.bottom_up(x))
     return model.mean_image(outputs)
