@@ -221,9 +221,8 @@ def test_mixed_bfloat16_gives_float32_losses_and_finite_gradients():
         model.compile(optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)
         history = model.fit(x, epochs=2, batch_size=4, verbose=0).history
         assert all(np.isfinite(history["loss"])) and history["skipped_updates"][-1] == 0.0
-        log_w = model.log_importance_weights(x[:2], model.draw_noise(2, 0, samples=3))
-        assert np.all(np.isfinite(log_w)) and np.all(np.isfinite(model.sample(2, seed=0)))
-        # The scripts' evaluation, as after a --mixed-precision run.
+        assert np.all(np.isfinite(model.sample(2, seed=0)))
+        # The scripts' evaluation (its IWAE: log_importance_weights), as after a --mixed-precision run.
         metrics = compute_metrics(model, x, iw_samples=2, iwae_images=4, seed=0, lossless_codecs=False)
         for key in ("test_neg_elbo", "test_kl", "test_iwae_nll", "test_psnr_db", "bits_per_dim_8bit"):
             assert isinstance(metrics[key], float) and np.isfinite(metrics[key]), key
