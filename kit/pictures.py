@@ -245,7 +245,8 @@ def plot_interpolations(decode, z_test, splits, rng, path, title):
     """Rows of decode() along straight lines between the codes of test images of different classes."""
     pairs = interpolation_pairs(splits.y_test, rows=8, rng=rng)
     steps = np.linspace(0.0, 1.0, 10, dtype=np.float32)[:, None]
-    rows = np.stack([decode((1 - steps) * z_test[a] + steps * z_test[b]) for a, b in pairs])
+    images = decode(np.concatenate([(1 - steps) * z_test[a] + steps * z_test[b] for a, b in pairs]))
+    rows = images.reshape(len(pairs), len(steps), *images.shape[1:])  # one decode call for all rows
     labels = [f"{splits.class_names[splits.y_test[a]]} → {splits.class_names[splits.y_test[b]]}"
               for a, b in pairs]
     plot_image_rows(rows, labels, path, title)
