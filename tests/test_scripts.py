@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_MODEL, png_size, run_in_process, run_script, write_fashion_mnist
+from conftest import TINY_MODEL, png_size, run_in_process, write_fashion_mnist
 from kit.atomic_files import read_csv
 
 pytestmark = pytest.mark.slow  # end to end, in subprocesses: `pytest -m "not slow"` skips them
@@ -20,9 +20,9 @@ METRIC_KEYS = {"test_reconstruction", "test_kl", "test_neg_elbo", "test_images",
 @pytest.fixture(scope="module")
 def fashion_run(tmp_path_factory, fashion_dir):
     outdir = tmp_path_factory.mktemp("fashion_run")
-    result = run_script("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 2,
-                        "--limit", 200, "--iw-samples", 5, "--iwae-images", 50, "--outdir", outdir,
-                        "--seed", 3, *TINY_MODEL)
+    result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 2,
+                            "--limit", 200, "--iw-samples", 5, "--iwae-images", 50, "--outdir", outdir,
+                            "--seed", 3, *TINY_MODEL)
     assert result.returncode == 0, result.stderr[-3000:]
     return outdir, result
 
