@@ -115,12 +115,26 @@ def test_the_checkpoint_keeps_the_hierarchical_models_sampling_state(tiny, tmp_p
 
 @pytest.fixture(scope="module")
 def fashion_run(tmp_path_factory, fashion_dir):
-    """Two epochs of a tiny hierarchical VAE, with the Fréchet distances (a small feature net)."""
-    outdir = tmp_path_factory.mktemp("hvae_fashion")
-    result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--outdir", outdir, "--epochs", 2,
-                            "--iw-samples", 2, "--fd-images", 16, *QUICK, *FASHION_HVAE)
+    """Two epochs of a tiny hierarchical VAE, with the Fréchet distances (a small feature net); and
+    a copy of its run folder as it was after epoch 1's checkpoint, history and loss curves: what a
+    run stopped there (SIGTERM, kill -9) leaves, for the resume test."""
+    import shutil
+    from unittest import mock
+    from kit.callbacks import EpochCheckpoint
+    folder = tmp_path_factory.mktemp("hvae_fashion")
+    outdir, after_epoch_1 = folder / "run", folder / "after_epoch_1"
+    real_epoch_end = EpochCheckpoint.on_epoch_end
+
+    def epoch_end_and_copy(callback, epoch, logs=None):
+        real_epoch_end(callback, epoch, logs)
+        if epoch == 0:
+            shutil.copytree(outdir, after_epoch_1)
+
+    with mock.patch.object(EpochCheckpoint, "on_epoch_end", epoch_end_and_copy):
+        result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--outdir", outdir, "--epochs", 2,
+                                "--iw-samples", 2, "--fd-images", 16, *QUICK, *FASHION_HVAE)
     assert result.returncode == 0, result.stderr[-3000:]
-    return outdir, result
+    return outdir, result, after_epoch_1
 
 
 def check_outputs(outdir, groups):
@@ -146,7 +160,7 @@ def check_outputs(outdir, groups):
 
 @pytest.mark.slow
 def test_fashion_script_writes_every_output(fashion_run):
-    outdir, result = fashion_run
+    outdir, result, _ = fashion_run
     metrics, history, _ = check_outputs(outdir, [1, 7])
     assert [row["epoch"] for row in history] == [1, 2] and history[-1]["skipped_updates"] == 0.0
     assert metrics["likelihood"] == "discretized-logistic-mixture"
@@ -158,7 +172,7 @@ def test_fashion_script_writes_every_output(fashion_run):
 
 @pytest.mark.slow
 def test_samples_at_temperature_zero_and_one_differ(fashion_run):
-    outdir, _ = fashion_run
+    outdir, _, _ = fashion_run
     model = keras.models.load_model(outdir / "model.keras")
     assert isinstance(model, HierarchicalVAE) and model.dataset == "fashion_mnist"
     cold, warm = model.sample(8, 0.0, seed=3), model.sample(8, 1.0, seed=3)
@@ -168,7 +182,7 @@ def test_samples_at_temperature_zero_and_one_differ(fashion_run):
 
 @pytest.mark.slow
 def test_eval_only_reproduces_the_runs_metrics(fashion_run, fashion_dir, tmp_path):
-    outdir, _ = fashion_run
+    outdir, _, _ = fashion_run
     result = run_in_process("vae_fashion_mnist.py", "--eval-only", outdir / "model.keras", "--data-dir", fashion_dir,
                             "--outdir", tmp_path, "--iw-samples", 2, "--fd-images", 16, "--limit", 64,
                             "--iwae-images", 8, "--seed", 3)
@@ -183,19 +197,24 @@ def test_eval_only_reproduces_the_runs_metrics(fashion_run, fashion_dir, tmp_pat
 
 
 @pytest.mark.slow
-def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(fashion_run, fashion_dir, tmp_path):
-    outdir, _ = fashion_run
-    first = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--outdir", tmp_path, "--epochs", 1,
-                           "--iw-samples", 0, "--fd-images", 0, *QUICK, *FASHION_HVAE)
-    assert first.returncode == 0, first.stderr[-3000:]
-    resumed = run_in_process("vae_fashion_mnist.py", "--resume", "--outdir", tmp_path, "--epochs", 2)
+def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(fashion_run, tmp_path):
+    """--resume of the run folder as it was after epoch 1 trains epoch 2 as the uninterrupted run
+    did: weights, optimizer state with its EMA, skip counter, sampling noise and data order."""
+    import shutil
+    outdir, _, after_epoch_1 = fashion_run
+    shutil.copytree(after_epoch_1, tmp_path / "run")
+    assert [row["epoch"] for row in read_csv(tmp_path / "run" / "history.csv")] == [1]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    resumed = run_in_process("vae_fashion_mnist.py", "--resume", "--outdir", tmp_path / "run", "--epochs", 2,
+                             "--iw-samples", 0, "--fd-images", 0)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    history = read_csv(tmp_path / "history.csv")
+    assert "Resuming from epoch 1" in resumed.stdout
+    history = read_csv(tmp_path / "run" / "history.csv")
     assert [row["epoch"] for row in history] == [1, 2]
     straight = read_csv(outdir / "history.csv")
     np.testing.assert_allclose([[row[c] for c in LOSS_COLUMNS] for row in history],
                                [[row[c] for c in LOSS_COLUMNS] for row in straight], rtol=HISTORY_RTOL)
-    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 2
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
 
 
 @pytest.mark.slow
