@@ -15,7 +15,8 @@ CIFAR_DIR = os.environ.get("VAE_CIFAR10_DIR")
 
 def train_as_the_script_does(spec, argv, steps):
     """The script's own steps up to training: its options, runtime, loader and input pipeline, and
-    `steps` steps of fit; returns (the data's splits, the trained model). (The evaluation and
+    `steps` steps of fit; returns (the data's splits, the trained model). With --fd-images 0: the
+    loader would refuse the session's cached feature network, made from the tiny test data. (The evaluation and
     pictures that follow: the tiny end-to-end runs of tests/test_scripts.py; at full size,
     `make run`, `make cifar` and bench/.)"""
     import keras
@@ -47,7 +48,8 @@ def test_a_hundred_steps_on_real_fashion_mnist(tmp_path):
     from vae_fashion_mnist import FASHION_MNIST
     # keras-io architecture, 100 steps of 128 images, from the default data folder (no --data-dir).
     splits, model = train_as_the_script_does(
-        FASHION_MNIST, ["--preset", "keras-io", "--epochs", "1", "--limit", "12800", "--outdir", str(tmp_path)], 100)
+        FASHION_MNIST, ["--preset", "keras-io", "--epochs", "1", "--limit", "12800", "--fd-images", "0",
+                        "--outdir", str(tmp_path)], 100)
     assert splits.source == str(data.DEBIAN_FASHION_MNIST_DIR) and splits.warnings == []
     assert splits.x_train.shape == (12800, 28, 28, 1) and splits.x_val.shape == (5000, 28, 28, 1)
     assert splits.x_test.shape == (10000, 28, 28, 1)
@@ -65,9 +67,9 @@ def test_two_hundred_steps_on_cifar10_from_env(tmp_path):
     from vae_cifar10 import CIFAR10
     splits, model = train_as_the_script_does(
         CIFAR10, ["--data-dir", CIFAR_DIR, "--outdir", str(tmp_path), "--epochs", "1", "--limit", "12800",
-                  "--batch-size", "64", "--lr-schedule", "constant", "--latent-dim", "32", "--likelihood", "bernoulli",
-                  "--encoder-filters", "16,32", "--encoder-dense", "128", "--decoder-filters", "32,16",
-                  "--decoder-dense", ""], 200)
+                  "--fd-images", "0", "--batch-size", "64", "--lr-schedule", "constant", "--latent-dim", "32",
+                  "--likelihood", "bernoulli", "--encoder-filters", "16,32", "--encoder-dense", "128",
+                  "--decoder-filters", "32,16", "--decoder-dense", ""], 200)
     assert Path(splits.source).name == "cifar-10-batches-py"
     assert splits.x_train.shape == (12800, 32, 32, 3) and splits.x_test.shape == (10000, 32, 32, 3)
     assert splits.x_val.shape == (5000, 32, 32, 3) and splits.x_train.dtype == np.float32
