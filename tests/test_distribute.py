@@ -157,6 +157,8 @@ def test_mixed_precision_under_the_mirrored_strategy_runs_end_to_end(mirrored_ru
     assert len(read_csv(folder / "run" / "history.csv")) == 1
     metrics = json.loads((folder / "run" / "metrics.json").read_text())
     assert np.isfinite(metrics["test_neg_elbo"]) and np.isfinite(metrics["test_iwae_nll"])
+    # The feature network of the Fréchet distances trained under the bfloat16 policy too.
+    assert all(np.isfinite(metrics[k]) for k in ("fd_prior_samples", "fd_gmm_samples", "fd_reconstructions"))
     config = json.loads((folder / "run" / "config.json").read_text())  # a CPU computes in bfloat16
     assert config["runtime"] == {"precision": "mixed_bfloat16", "deterministic_ops": False}
     assert "Runtime: mixed_bfloat16 precision, CPU kernels, 2 replica(s)" in result["stdout"]
