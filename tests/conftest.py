@@ -1,5 +1,6 @@
 """Shared fixtures: tiny data sets written in the official file formats, and a script runner."""
 import gzip
+import json
 import os
 import pickle
 import struct
@@ -106,6 +107,17 @@ def run_script(script, *args, timeout=240, env=None):
         args = (*TEST_VALIDATION, *args)
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def run_fashion_runs_in_one_process(argv_lists, folder, timeout=900):
+    """The Fashion-MNIST script run once per argument list, one after another in one fresh process
+    (tests/sweep_runs.py: TensorFlow starts once); a list of {"argv", "code", "stdout", "stderr"}."""
+    argv_file = Path(folder) / "argv.json"
+    argv_file.write_text(json.dumps([[str(a) for a in argv] for argv in argv_lists]))
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "sweep_runs.py"), str(argv_file)],
+                            capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
 
 
 def run_in_process(script, *args, env=None, timeout=None):

@@ -1,7 +1,7 @@
 """Runs the Fashion-MNIST script's main() once per argument list of the JSON file named by argv[1],
-one after another in this process (TensorFlow starts once: the option sweep's runs, the mirrored
-runs of tests/test_distribute.py), and prints a JSON list with each
-run's exit code, stdout and stderr; an exception that escapes main() is recorded as its traceback."""
+one after another in this process (TensorFlow starts once), and prints a JSON list with each run's
+exit code, stdout and stderr; an exception that escapes main() is recorded as its traceback. Called
+by conftest's run_fashion_runs_in_one_process."""
 import contextlib
 import io
 import json

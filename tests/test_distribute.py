@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common import build_vae
-from conftest import ROOT, TEST_VALIDATION, TINY_MODEL
+from conftest import ROOT, TEST_VALIDATION, TINY_MODEL, run_fashion_runs_in_one_process
 from kit.atomic_files import read_csv
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -141,11 +141,7 @@ def mirrored_runs(fashion_dir, tmp_path_factory):
             "short last batch": [*base, "--outdir", str(folder / "b"), "--limit", "129"],
             "mixed precision": [*base, "--outdir", str(folder / "run"), "--mixed-precision", "--epochs", "1",
                                 "--limit", "128", "--iw-samples", "4", "--iwae-images", "20"]}
-    (folder / "argv.json").write_text(json.dumps(list(runs.values())))
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "sweep_runs.py"), str(folder / "argv.json")],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder, dict(zip(runs, json.loads(result.stdout.splitlines()[-1])))
+    return folder, dict(zip(runs, run_fashion_runs_in_one_process(runs.values(), folder, timeout=400)))
 
 
 @pytest.mark.slow

@@ -5,14 +5,12 @@ to the end; never a traceback.
 Refusals need no TensorFlow, so parse_config decides them in-process; the values it accepts run end
 to end, all in one process (tests/sweep_runs.py), on tiny data with a tiny model."""
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TEST_VALIDATION, TINY_MODEL
+from conftest import ROOT, TEST_VALIDATION, TINY_MODEL, run_fashion_runs_in_one_process
 from kit.config import parse_config
 from kit.errors import UsageError
 from vae_cifar10 import CIFAR10
@@ -104,11 +102,8 @@ def end_to_end(tmp_path_factory, fashion_dir):
     runs = (grouped_runs([case for case in accepted if case[0] not in HIERARCHICAL_OPTIONS])
             + grouped_runs([case for case in accepted if case[0] in HIERARCHICAL_OPTIONS]))
     folders = {run: folder / f"run{i}" for i, run in enumerate(runs)}
-    (folder / "argv.json").write_text(json.dumps([argv_for(run, fashion_dir, folders[run]) for run in runs]))
-    run = subprocess.run([sys.executable, str(ROOT / "tests" / "sweep_runs.py"), str(folder / "argv.json")],
-                         capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = dict(zip(runs, json.loads(run.stdout.splitlines()[-1])))
+    argv_lists = [argv_for(run, fashion_dir, folders[run]) for run in runs]
+    results = dict(zip(runs, run_fashion_runs_in_one_process(argv_lists, folder)))
     return {case: (results[run], folders[run]) for run in runs for case in run}
 
 

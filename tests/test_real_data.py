@@ -15,10 +15,10 @@ CIFAR_DIR = os.environ.get("VAE_CIFAR10_DIR")
 
 def train_as_the_script_does(spec, argv, steps):
     """The script's own steps up to training: its options, runtime, loader and input pipeline, and
-    `steps` steps of fit; returns (the data's splits, the trained model). With --fd-images 0: the
-    loader would refuse the session's cached feature network, made from the tiny test data. (The evaluation and
+    `steps` steps of fit; returns (the data's splits, the trained model). (The evaluation and
     pictures that follow: the tiny end-to-end runs of tests/test_scripts.py; at full size,
-    `make run`, `make cifar` and bench/.)"""
+    `make run`, `make cifar` and bench/.) Callers pass --fd-images 0: the loader would refuse the
+    session's cached feature network, made from the tiny test data."""
     import keras
     from kit import run
     from kit.config import parse_config
@@ -29,7 +29,8 @@ def train_as_the_script_does(spec, argv, steps):
     splits = run.load_data(config, spec)
     assert run.steps_per_epoch(config, splits, strategy) == steps
     model = build_model(spec.image_shape, dataset=spec.name, seed=config.seed, **config.model_options())
-    model.compile(optimizer=run.adam(config, steps))
+    model.compile(optimizer=run.adam(config, steps), jit_compile=config.jit_compile,
+                  steps_per_execution=config.steps_per_execution)
     model.fit(run.train_batches(config, splits.x_train, first_epoch=0), epochs=1, steps_per_epoch=steps,
               shuffle=False, verbose=0)
     return splits, model
