@@ -385,11 +385,12 @@ def save_metrics(config, metrics):
 
 
 def draw_pictures(model, config, spec, splits, history, gmm, evaluation):
-    """Loss curves (given a history), samples from the prior and from the GMM, reconstructions,
-    latent space, interpolations (the test codes and reconstructions from `evaluation`)."""
+    """Loss curves (for --eval-only and --resume; a fresh run's last epoch drew them), samples from
+    the prior and from the GMM, reconstructions, latent space, interpolations (the test codes and
+    reconstructions from `evaluation`)."""
     outdir = Path(config.outdir)
     title = data_title(spec, splits)
-    if history:
+    if history and (config.eval_only or config.resume):  # a fresh run drew them after its last epoch
         write_loss_curves(history, outdir, title, describe(model))
     epoch_note = f", epoch {history[-1]['epoch']}" if history else ""
     if is_hierarchical(model):  # no GMM; samples at several temperatures, the KL of each group
