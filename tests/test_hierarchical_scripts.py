@@ -1,5 +1,7 @@
-"""--arch hierarchical in both scripts: the evaluation's numbers and pictures of the hierarchical VAE
-in-process on a tiny model, then end to end on tiny data: every output, --resume, --eval-only."""
+"""--arch hierarchical: the evaluation's numbers and pictures of the hierarchical VAE in-process on a
+tiny model, then the CIFAR-10 script's --preset hierarchical end to end on tiny data: every output,
+--resume, --eval-only. (The Fashion-MNIST script's hierarchical runs: tests/test_option_sweep.py runs
+its hierarchical options to the end.)"""
 import json
 
 import keras
@@ -11,10 +13,10 @@ from kit.atomic_files import read_csv
 from kit.hierarchical_vae import HierarchicalVAE, POSTERIOR_MEAN, PRIOR, build_hierarchical_vae
 
 # A tiny hierarchical VAE: width 8, one block per resolution, 2-channel groups at two resolutions.
-HVAE = ["--arch", "hierarchical", "--hvae-widths", "8", "--hvae-blocks", "1", "--latent-channels", "2",
-        "--batch-size", "32", "--mixture-components", "2"]
-FASHION_HVAE = [*HVAE, "--latent-resolutions", "1,7", "--likelihood", "discretized-logistic-mixture"]
-CIFAR_HVAE = [*HVAE, "--latent-resolutions", "1,8"]  # CIFAR's default likelihood: the Gaussian
+# The preset users start from (the discretized logistic mixture), at a tiny size: width 8, one block
+# per resolution, 2-channel groups at 1x1 and 8x8.
+CIFAR_HVAE = ["--preset", "hierarchical", "--hvae-widths", "8", "--hvae-blocks", "1", "--latent-channels", "2",
+              "--latent-resolutions", "1,8", "--mixture-components", "2"]
 # Constant LR: a cosine schedule's length depends on --epochs, and the resume test compares runs of
 # different --epochs (as tests/test_robustness.py).
 QUICK = ["--limit", "64", "--iwae-images", "8", "--seed", "3", "--lr-schedule", "constant"]
@@ -114,15 +116,19 @@ def test_the_checkpoint_keeps_the_hierarchical_models_sampling_state(tiny, tmp_p
 # --- end to end ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def fashion_run(tmp_path_factory, fashion_dir):
-    """Two epochs of a tiny hierarchical VAE, with the Fréchet distances (a small feature net); and
-    a copy of its run folder as it was after epoch 1's checkpoint, history and loss curves: what a
-    run stopped there (SIGTERM, kill -9) leaves, for the resume test."""
+def cifar_run(tmp_path_factory, cifar_dir):
+    """Two epochs of a tiny hierarchical VAE, with the Fréchet distances (a small feature net), into
+    a folder holding a seed VAE's pictures that this run does not draw; and a copy of its run folder
+    as it was after epoch 1's checkpoint, history and loss curves: what a run stopped there
+    (SIGTERM, kill -9) leaves, for the resume test."""
     import shutil
     from unittest import mock
     from kit.callbacks import EpochCheckpoint
-    folder = tmp_path_factory.mktemp("hvae_fashion")
+    folder = tmp_path_factory.mktemp("hvae_cifar")
     outdir, after_epoch_1 = folder / "run", folder / "after_epoch_1"
+    outdir.mkdir()
+    for name in NOT_WRITTEN:
+        (outdir / name).write_bytes(b"an older run's")
     real_epoch_end = EpochCheckpoint.on_epoch_end
 
     def epoch_end_and_copy(callback, epoch, logs=None):
@@ -131,8 +137,8 @@ def fashion_run(tmp_path_factory, fashion_dir):
             shutil.copytree(outdir, after_epoch_1)
 
     with mock.patch.object(EpochCheckpoint, "on_epoch_end", epoch_end_and_copy):
-        result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--outdir", outdir, "--epochs", 2,
-                                "--iw-samples", 2, "--fd-images", 16, *QUICK, *FASHION_HVAE)
+        result = run_in_process("vae_cifar10.py", "--data-dir", cifar_dir, "--outdir", outdir, "--epochs", 2,
+                                "--iw-samples", 2, "--fd-images", 16, *QUICK, *CIFAR_HVAE)
     assert result.returncode == 0, result.stderr[-3000:]
     return outdir, result, after_epoch_1
 
@@ -159,31 +165,36 @@ def check_outputs(outdir, groups):
 
 
 @pytest.mark.slow
-def test_fashion_script_writes_every_output(fashion_run):
-    outdir, result, _ = fashion_run
-    metrics, history, _ = check_outputs(outdir, [1, 7])
+def test_cifar_script_writes_every_output(cifar_run):
+    """Every picture and number, and the seed VAE's pictures of an older run in the folder are gone.
+    (The hierarchical VAE with the Gaussian, under the mirrored strategy: tests/test_distribute.py
+    compares its steps and its evaluation with one device's; under bfloat16:
+    tests/test_hierarchical_vae.py.)"""
+    outdir, result, _ = cifar_run
+    metrics, history, config = check_outputs(outdir, [1, 8])
     assert [row["epoch"] for row in history] == [1, 2] and history[-1]["skipped_updates"] == 0.0
+    assert config["preset"] == "hierarchical" and config["runtime"]["precision"] == "float32"
     assert metrics["likelihood"] == "discretized-logistic-mixture"
     assert metrics["bits_per_dim_8bit"] == metrics["test_neg_elbo_bits_per_dim"]  # a discrete likelihood
     assert metrics["fd_images"] == 16 and metrics["fd_gmm_samples"] is None
     assert all(np.isfinite(metrics[k]) for k in ("fd_prior_samples", "fd_reconstructions", "fd_train_vs_test"))
-    assert "group 1 (7×7)" in result.stdout  # the printed table lists each group's KL
+    assert "group 1 (8×8)" in result.stdout  # the printed table lists each group's KL
 
 
 @pytest.mark.slow
-def test_samples_at_temperature_zero_and_one_differ(fashion_run):
-    outdir, _, _ = fashion_run
+def test_samples_at_temperature_zero_and_one_differ(cifar_run):
+    outdir, _, _ = cifar_run
     model = keras.models.load_model(outdir / "model.keras")
-    assert isinstance(model, HierarchicalVAE) and model.dataset == "fashion_mnist"
+    assert isinstance(model, HierarchicalVAE) and model.dataset == "cifar10"
     cold, warm = model.sample(8, 0.0, seed=3), model.sample(8, 1.0, seed=3)
     assert np.abs(cold - warm).max() > 1e-3
     np.testing.assert_allclose(cold, model.sample(8, 0.0, seed=4), atol=1e-6)  # T = 0: no noise left
 
 
 @pytest.mark.slow
-def test_eval_only_reproduces_the_runs_metrics(fashion_run, fashion_dir, tmp_path):
-    outdir, _, _ = fashion_run
-    result = run_in_process("vae_fashion_mnist.py", "--eval-only", outdir / "model.keras", "--data-dir", fashion_dir,
+def test_eval_only_reproduces_the_runs_metrics(cifar_run, cifar_dir, tmp_path):
+    outdir, _, _ = cifar_run
+    result = run_in_process("vae_cifar10.py", "--eval-only", outdir / "model.keras", "--data-dir", cifar_dir,
                             "--outdir", tmp_path, "--iw-samples", 2, "--fd-images", 16, "--limit", 64,
                             "--iwae-images", 8, "--seed", 3)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -197,15 +208,15 @@ def test_eval_only_reproduces_the_runs_metrics(fashion_run, fashion_dir, tmp_pat
 
 
 @pytest.mark.slow
-def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(fashion_run, tmp_path):
+def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(cifar_run, tmp_path):
     """--resume of the run folder as it was after epoch 1 trains epoch 2 as the uninterrupted run
     did: weights, optimizer state with its EMA, skip counter, sampling noise and data order."""
     import shutil
-    outdir, _, after_epoch_1 = fashion_run
+    outdir, _, after_epoch_1 = cifar_run
     shutil.copytree(after_epoch_1, tmp_path / "run")
     assert [row["epoch"] for row in read_csv(tmp_path / "run" / "history.csv")] == [1]
     assert not (tmp_path / "run" / "metrics.json").exists()
-    resumed = run_in_process("vae_fashion_mnist.py", "--resume", "--outdir", tmp_path / "run", "--epochs", 2,
+    resumed = run_in_process("vae_cifar10.py", "--resume", "--outdir", tmp_path / "run", "--epochs", 2,
                              "--iw-samples", 0, "--fd-images", 0)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from epoch 1" in resumed.stdout
@@ -215,19 +226,3 @@ def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(fashion_ru
     np.testing.assert_allclose([[row[c] for c in LOSS_COLUMNS] for row in history],
                                [[row[c] for c in LOSS_COLUMNS] for row in straight], rtol=HISTORY_RTOL)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
-
-
-@pytest.mark.slow
-def test_cifar_script_writes_every_output(cifar_dir, tmp_path):
-    """Into a folder with a seed VAE's pictures that this run does not draw again: they go. (The
-    hierarchical VAE under the mirrored strategy: tests/test_distribute.py compares its steps and
-    its evaluation with one device's; under bfloat16: tests/test_hierarchical_vae.py.)"""
-    for name in ("samples_gmm.png", "latent_manifold.png", "latent_gmm.npz"):
-        (tmp_path / name).write_bytes(b"an older run's")
-    result = run_in_process("vae_cifar10.py", "--data-dir", cifar_dir, "--outdir", tmp_path, "--epochs", 1,
-                            "--iw-samples", 2, "--fd-images", 0, *QUICK, *CIFAR_HVAE)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics, _, config = check_outputs(tmp_path, [1, 8])
-    assert config["runtime"]["precision"] == "float32"
-    assert metrics["likelihood"] == "gaussian" and metrics["bits_per_dim_8bit"] > 8.0  # dequantized + 8
-    assert metrics["gaussian_sigma"] > 0
