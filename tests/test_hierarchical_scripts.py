@@ -3,6 +3,8 @@ tiny model, then the CIFAR-10 script's --preset hierarchical end to end on tiny 
 --resume, --eval-only. (The Fashion-MNIST script's hierarchical runs: tests/test_option_sweep.py runs
 its hierarchical options to the end.)"""
 import json
+import shutil
+from unittest import mock
 
 import keras
 import numpy as np
@@ -10,9 +12,9 @@ import pytest
 
 from conftest import png_size, run_in_process
 from kit.atomic_files import read_csv
+from kit.callbacks import EpochCheckpoint
 from kit.hierarchical_vae import HierarchicalVAE, POSTERIOR_MEAN, PRIOR, build_hierarchical_vae
 
-# A tiny hierarchical VAE: width 8, one block per resolution, 2-channel groups at two resolutions.
 # The preset users start from (the discretized logistic mixture), at a tiny size: width 8, one block
 # per resolution, 2-channel groups at 1x1 and 8x8.
 CIFAR_HVAE = ["--preset", "hierarchical", "--hvae-widths", "8", "--hvae-blocks", "1", "--latent-channels", "2",
@@ -121,9 +123,6 @@ def cifar_run(tmp_path_factory, cifar_dir):
     a folder holding a seed VAE's pictures that this run does not draw; and a copy of its run folder
     as it was after epoch 1's checkpoint, history and loss curves: what a run stopped there
     (SIGTERM, kill -9) leaves, for the resume test."""
-    import shutil
-    from unittest import mock
-    from kit.callbacks import EpochCheckpoint
     folder = tmp_path_factory.mktemp("hvae_cifar")
     outdir, after_epoch_1 = folder / "run", folder / "after_epoch_1"
     outdir.mkdir()
@@ -210,8 +209,7 @@ def test_eval_only_reproduces_the_runs_metrics(cifar_run, cifar_dir, tmp_path):
 @pytest.mark.slow
 def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(cifar_run, tmp_path):
     """--resume of the run folder as it was after epoch 1 trains epoch 2 as the uninterrupted run
-    did: weights, optimizer state with its EMA, skip counter, sampling noise and data order."""
-    import shutil
+    did: weights, optimizer state, skip counter, sampling noise and data order."""
     outdir, _, after_epoch_1 = cifar_run
     shutil.copytree(after_epoch_1, tmp_path / "run")
     assert [row["epoch"] for row in read_csv(tmp_path / "run" / "history.csv")] == [1]
