@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run cifar test bench clean
+.PHONY: run cifar test test-scenarios bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,11 @@ run: $(VENV)/.installed  ## train Fashion-MNIST at the defaults into outputs/fas
 cifar: $(VENV)/.installed  ## train CIFAR-10 at the defaults into outputs/cifar10/
 	$(PY) vae_cifar10.py
 
-test: $(VENV)/.dev-installed  ## the whole test suite, two test files at a time (pytest-xdist), longest first
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
+test: $(VENV)/.dev-installed  ## the test suite, two test files at a time (pytest-xdist), longest first
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not scenario" tests
+
+test-scenarios: $(VENV)/.dev-installed  ## the runs in processes of their own and on real data (CI runs both)
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m scenario tests
 
 bench: $(VENV)/.installed  ## the benchmarks behind docs/BENCHMARKS.md (about 50 minutes on 2 cores)
 	bash bench/run_all.sh

@@ -35,6 +35,7 @@ def distributed_steps():
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.scenario
 @pytest.mark.slow
 def test_mirrored_steps_on_two_devices_equal_steps_on_one_for_every_kind_of_likelihood(distributed_steps):
     # Batches of 128, 129 (65 + 64 per replica) and 1 (one replica without images); the Gaussian's
@@ -49,6 +50,7 @@ def test_mirrored_steps_on_two_devices_equal_steps_on_one_for_every_kind_of_like
         assert out["mirrored_loss"] == pytest.approx(out["single_loss"], rel=1e-5), likelihood
 
 
+@pytest.mark.scenario
 @pytest.mark.slow
 def test_mirrored_hierarchical_step_and_evaluation_equal_the_one_device_ones(distributed_steps):
     # Batches of 128, 129 (65 + 64), 1 (an empty replica) and 64, clipping active on every step
@@ -85,6 +87,7 @@ def localhost_usable():
         return False
 
 
+@pytest.mark.scenario
 @pytest.mark.slow
 @pytest.mark.skipif(not localhost_usable(), reason="this platform cannot open sockets on 127.0.0.1")
 def test_two_workers_train_together_on_localhost(fashion_dir, tmp_path):
@@ -144,6 +147,7 @@ def mirrored_runs(fashion_dir, tmp_path_factory):
     return folder, dict(zip(runs, run_fashion_runs_in_one_process(runs.values(), folder, timeout=400)))
 
 
+@pytest.mark.scenario
 @pytest.mark.slow
 def test_mixed_precision_under_the_mirrored_strategy_runs_end_to_end(mirrored_runs):
     """Both in one run, to keep the end-to-end runs few: bfloat16 on the CPU, two logical CPUs."""
@@ -160,6 +164,7 @@ def test_mixed_precision_under_the_mirrored_strategy_runs_end_to_end(mirrored_ru
     assert "Runtime: mixed_bfloat16 precision, CPU kernels, 2 replica(s)" in result["stdout"]
 
 
+@pytest.mark.scenario
 @pytest.mark.slow
 def test_batches_that_cannot_split_over_the_replicas_are_refused(mirrored_runs):
     _, results = mirrored_runs

@@ -231,6 +231,7 @@ def test_estimate_for_follows_the_arch(tmp_path):
     assert guards.estimate_for(plain, CIFAR10.image_shape) == estimate_memory_bytes(*CIFAR_DEFAULTS, 3)
 
 
+@pytest.mark.scenario
 @pytest.mark.slow  # a fresh process trains one batch of 128 CIFAR-sized images, ~27 s
 def test_hierarchical_estimate_is_near_the_measured_training_memory():
     """The estimate against the peak memory growth of a training step (which also holds TensorFlow's

@@ -79,6 +79,8 @@ def test_discretized_logistic_mean_is_the_expectation_over_the_levels():
 MEAN_MEMORY_BOUND_MB = 180
 
 
+@pytest.mark.scenario
+@pytest.mark.slow
 def test_discretized_logistic_mean_memory_stays_near_its_input_size():
     from conftest import peak_memory_growth_mb
     setup = """

@@ -8,7 +8,7 @@ import pytest
 
 from kit import data
 
-pytestmark = pytest.mark.slow  # end to end: `pytest -m "not slow"` skips them
+pytestmark = [pytest.mark.slow, pytest.mark.scenario]  # real data on this machine: `make test-scenarios`
 
 CIFAR_DIR = os.environ.get("VAE_CIFAR10_DIR")
 

@@ -163,6 +163,7 @@ def wait_for_lock_pid(path, process, timeout=240):
     pytest.fail(f"{path} did not get pid {process.pid} within {timeout} s")
 
 
+@pytest.mark.scenario
 @pytest.mark.slow
 def test_a_second_run_into_a_busy_folder_is_refused_and_a_dead_lock_never_blocks(fashion_dir, tmp_path):
     outdir = tmp_path / "busy"

@@ -37,6 +37,7 @@ def straight_run(tmp_path_factory, fashion_dir):
     return outdir
 
 
+@pytest.mark.scenario
 @pytest.mark.slow
 def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(straight_run, fashion_dir, tmp_path):
     """The same seed gives the same history (epoch 1, trained in this process, equals the straight
@@ -57,6 +58,7 @@ def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(straight_r
     assert (config["latent_dim"], config["limit"], config["seed"], config["resume"]) == (2, 128, 5, True)
 
 
+@pytest.mark.scenario
 @pytest.mark.slow
 def test_resume_with_a_different_latent_dim_is_refused_without_touching_outputs(straight_run, fashion_dir):
     before = (straight_run / "history.csv").read_bytes()
@@ -67,6 +69,7 @@ def test_resume_with_a_different_latent_dim_is_refused_without_touching_outputs(
     assert (straight_run / "history.csv").read_bytes() == before
 
 
+@pytest.mark.scenario
 @pytest.mark.slow
 def test_resume_past_the_requested_epochs_is_refused(straight_run, fashion_dir):
     result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
@@ -111,6 +114,7 @@ def assert_consistent_checkpoint(outdir, temporaries_allowed=False):
     return state
 
 
+@pytest.mark.scenario
 @pytest.mark.slow
 def test_sigterm_stops_at_a_safe_point_and_kill_9_of_the_resumed_run_loses_at_most_its_running_epoch(
         fashion_dir, tmp_path):
@@ -247,6 +251,7 @@ def assert_resume_finishes_the_evaluation(outdir):
     assert again.returncode == 2 and "already at epoch 1 and its run is finished" in again.stderr
 
 
+@pytest.mark.scenario
 @pytest.mark.slow
 def test_a_stopped_evaluation_says_how_to_finish_and_resume_finishes_it_even_after_kill_9(fashion_dir, tmp_path):
     """SIGTERM during the evaluation (Ctrl-C, SIGINT, is the same code path: see the next tests);
