@@ -24,7 +24,7 @@ cifar: $(VENV)/.installed  ## train CIFAR-10 at the defaults into outputs/cifar1
 test: $(VENV)/.dev-installed  ## the test suite, two test files at a time (pytest-xdist), longest first
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not scenario" tests
 
-test-scenarios: $(VENV)/.dev-installed  ## the runs in processes of their own and on real data (CI runs both)
+test-scenarios: $(VENV)/.dev-installed  ## the long scenarios: signals, several processes, memory, the option sweep's runs, real data (CI runs both)
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m scenario tests
 
 bench: $(VENV)/.installed  ## the benchmarks behind docs/BENCHMARKS.md (about 50 minutes on 2 cores)

@@ -29,9 +29,9 @@ os.environ["VAE_KIT_CACHE"] = tempfile.mkdtemp(prefix="vae-kit-test-cache-")
 # 2026-12-01), for both `make test` and `make test-scenarios`. They hand whole files to their two
 # workers in collection order (--dist loadfile --no-loadscope-reorder): these first, so that the
 # workers finish together instead of one waiting on a long file handed out last.
-LONGEST_FIRST = ("test_hierarchical_scripts.py", "test_distribute.py", "test_robustness.py", "test_scripts.py",
-                 "test_option_sweep.py", "test_hierarchical_vae.py", "test_real_data.py", "test_reliability.py",
-                 "test_guards.py")
+LONGEST_FIRST = ("test_hierarchical_scripts.py", "test_distribute.py", "test_robustness.py", "test_option_sweep.py",
+                 "test_hierarchical_vae.py", "test_reliability.py", "test_scripts.py", "test_real_data.py",
+                 "test_guards.py", "test_likelihoods.py")
 
 
 def pytest_collection_modifyitems(items):

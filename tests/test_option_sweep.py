@@ -3,7 +3,8 @@ for floats): each is refused before training with exit 2 and one line naming the
 to the end; never a traceback.
 
 Refusals need no TensorFlow, so parse_config decides them in-process; the values it accepts run end
-to end, all in one process (tests/sweep_runs.py), on tiny data with a tiny model."""
+to end, all in one process (tests/sweep_runs.py), on tiny data with a tiny model: a long scenario
+(`make test-scenarios`)."""
 import json
 import tempfile
 from pathlib import Path
@@ -107,6 +108,7 @@ def end_to_end(tmp_path_factory, fashion_dir):
     return {case: (results[run], folders[run]) for run in runs for case in run}
 
 
+@pytest.mark.scenario
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ACCEPTED["fashion_mnist"], ids=case_id)
 def test_an_accepted_value_runs_to_the_end(end_to_end, case):
