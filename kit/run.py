@@ -390,7 +390,7 @@ def draw_pictures(model, config, spec, splits, history, gmm, evaluation):
     reconstructions from `evaluation`)."""
     outdir = Path(config.outdir)
     title = data_title(spec, splits)
-    if history and (config.eval_only or config.resume):  # a fresh run drew them after its last epoch
+    if history and (config.eval_only or config.resume):
         write_loss_curves(history, outdir, title, describe(model))
     epoch_note = f", epoch {history[-1]['epoch']}" if history else ""
     if is_hierarchical(model):  # no GMM; samples at several temperatures, the KL of each group

@@ -1,7 +1,7 @@
 """--arch hierarchical: the evaluation's numbers and pictures of the hierarchical VAE in-process on a
 tiny model, then the CIFAR-10 script's --preset hierarchical end to end on tiny data: every output,
 --resume, --eval-only. (The Fashion-MNIST script's hierarchical runs: tests/test_option_sweep.py runs
-its hierarchical options to the end.)"""
+its hierarchical options to the end, in `make test-scenarios`.)"""
 import json
 import shutil
 from unittest import mock
