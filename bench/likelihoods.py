@@ -141,9 +141,7 @@ def validation_metrics(run_folder):
     splits = loaded.hold_out(config["validation_images"], config["seed"])
     model = keras.models.load_model(run_folder / "model.keras")
     metrics = compute_metrics(model, splits.x_val, iw_samples=0, iwae_images=0, seed=config["seed"])
-    features, _ = sample_quality.feature_network(
-        config["dataset"], loaded.x_train, loaded.y_train, loaded.x_test, loaded.y_test,
-        sample_quality.files_checksum(loaded.sha256), seed=0, verbose=0)
+    features = sample_quality.feature_extractor(sample_quality.shipped_feature_network(config["dataset"])[0])
     gmm = sample_quality.LatentGMM.load(run_folder / "latent_gmm.npz")
     metrics.update(sample_quality.sample_quality_metrics(model, features, splits.x_train, splits.x_val,
                                                          gmm, len(splits.x_val), config["seed"]))

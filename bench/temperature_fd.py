@@ -5,8 +5,8 @@ temperature gives the most realistic samples (VDVAE and NVAE sample below 1).
         --plot docs/cifar10_hierarchical_samples.png
 
 Loads <run>/model.keras and the run's data (config.json's --data-dir, --seed and validation split,
-as --eval-only does) and the data set's cached feature network (a run with --fd-images trained it),
-then prints, per temperature, the FD (kit features) of --images prior samples to as many test
+as --eval-only does) and the feature network the kit ships for the data set, then prints, per
+temperature, the FD (shipped features) of --images prior samples to as many test
 images, as fd_prior_samples in metrics.json is computed. --plot draws 100 samples at the best.
 """
 import argparse
@@ -51,10 +51,7 @@ def main():
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
     spec, splits = load_splits(config)
-    full = splits.full or splits
-    features, _ = sample_quality.feature_network(
-        spec.name, full.x_train, full.y_train, full.x_test, full.y_test,
-        sample_quality.files_checksum(splits.sha256), verbose=2)
+    features = sample_quality.feature_extractor(sample_quality.shipped_feature_network(spec.name)[0])
     model = keras.models.load_model(run / "model.keras")
     n = min(args.images, len(splits.x_test))
     reference = sample_quality.feature_statistics(features, splits.x_test[:n])

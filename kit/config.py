@@ -15,10 +15,13 @@ from typing import Callable, Optional
 
 from kit.errors import DamagedRunError, UsageError
 from kit.guards import (GB, SMALLER_HIERARCHICAL_MODEL, SMALLER_MODEL, estimate_for, feature_cache_problem,
-                        folder_problem, is_int, memory_problem, physical_memory_bytes, read_json_object)
+                        folder_problem, is_int, memory_problem, physical_memory_bytes, read_json_object,
+                        shipped_feature_net_problem)
 from kit.model_options import ARCHITECTURES, GAUSSIAN_SIGMA_MODES, LIKELIHOODS, resolution_chain
 
 DISTRIBUTE = ("none", "mirrored", "multiworker")
+# The Fréchet distance's feature network: the kit's, the same on every machine, or one trained here.
+FEATURE_NETS = ("shipped", "own")
 LR_SCHEDULES = ("constant", "cosine")
 
 # The keras.io "Variational AutoEncoder" example's architecture and optimiser.
@@ -31,19 +34,20 @@ KERAS_IO_PRESET = dict(latent_dim=2, epochs=30, batch_size=128, beta=1.0, lr=1e-
 # Options that are the same for every data set (the data sets' tables hold the rest).
 RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, validation_images=5000, iw_samples=100,
                     iwae_images=1000, temperature=1.0,
-                    fd_images=10_000, gmm_components=10, refresh_feature_net=False, eval_only=None, resume=False, tensorboard=False, distribute="none",
+                    fd_images=10_000, gmm_components=10, feature_net="shipped", refresh_feature_net=False,
+                    eval_only=None, resume=False, tensorboard=False, distribute="none",
                     mixed_precision=False, deterministic=True,
                     jit_compile=False,  # XLA is slower on CPU: docs/BENCHMARKS.md
                     steps_per_execution=1)
 
 # What --resume may change: the rest is fixed by the checkpoint (weights, optimizer, data order).
 RESUMABLE = ("epochs", "iw_samples", "iwae_images", "temperature", "fd_images", "gmm_components",
-             "refresh_feature_net", "tensorboard", "data_dir", "outdir", "resume")
+             "feature_net", "refresh_feature_net", "tensorboard", "data_dir", "outdir", "resume")
 # What --eval-only honours: the model file fixes the model, and nothing is trained (the validation
 # images are still held out of the training images that the latent GMM is fitted to).
 EVAL_ONLY_OPTIONS = ("eval_only", "seed", "outdir", "data_dir", "limit", "validation_images",
                      "iw_samples", "iwae_images", "temperature", "fd_images", "gmm_components",
-                     "refresh_feature_net")
+                     "feature_net", "refresh_feature_net")
 
 GMM_FIT_IMAGES = 20_000  # posterior means the latent GMM is fitted to: enough for 10 components
 FD_MIN_IMAGES = 2  # a covariance of the features needs at least two images per set
@@ -108,6 +112,7 @@ class Config:
     temperature: float
     fd_images: int
     gmm_components: int
+    feature_net: str
     refresh_feature_net: bool
     eval_only: Optional[str]
     resume: bool
@@ -218,8 +223,11 @@ def build_parser(spec):
                    help="images per set for the Fréchet distances, 0 = off (default 10000)")
     p.add_argument("--gmm-components", type=int, metavar="K",
                    help="components of the ex-post latent GMM sampler (default 10)")
+    p.add_argument("--feature-net", choices=FEATURE_NETS,
+                   help="the Fréchet distances' features: the network the kit ships (the same on every "
+                        "machine), or one trained on this machine's data and cached (default shipped)")
     p.add_argument("--refresh-feature-net", action="store_true",
-                   help="retrain the cached feature network of the Fréchet distance")
+                   help="--feature-net own: retrain the cached network")
     p.add_argument("--eval-only", metavar="MODEL.keras", help="evaluate a saved model; no training")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in outdir")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs under outdir")
@@ -365,7 +373,8 @@ def value_problem(v, spec):
                 f"(at least {FD_MIN_IMAGES}); raise it or pass --fd-images 0")
     for name, choices in (("likelihood", LIKELIHOODS), ("gaussian_sigma", GAUSSIAN_SIGMA_MODES),
                           ("arch", ARCHITECTURES), ("lr_schedule", LR_SCHEDULES),
-                          ("distribute", DISTRIBUTE), ("preset", tuple(spec.presets))):
+                          ("distribute", DISTRIBUTE), ("feature_net", FEATURE_NETS),
+                          ("preset", tuple(spec.presets))):
         if v[name] not in choices:
             return f"{option(name)} must be one of {', '.join(choices)}, got {v[name]!r}"
     problem = hierarchical_problem(v, spec)
@@ -459,8 +468,13 @@ def find_problem(c, spec):
         return "--distribute multiworker needs the TF_CONFIG environment variable (see README, Scaling out)"
     if c.resume and not (Path(c.outdir) / "checkpoint" / "state.json").is_file():
         return f"--resume: no checkpoint in {c.outdir}/checkpoint (train without --resume first)"
-    if c.fd_images:
+    if c.refresh_feature_net and c.feature_net != "own":
+        return ("--refresh-feature-net retrains a feature network of this machine's own; the shipped one "
+                "is fixed (add --feature-net own)")
+    if c.fd_images and c.feature_net == "own":
         return feature_cache_problem(spec.name, c.refresh_feature_net)
+    if c.fd_images:
+        return shipped_feature_net_problem(spec.name)
     return None
 
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kit.atomic_files import remove_leftover_temporaries
+from kit.atomic_files import file_sha256, remove_leftover_temporaries
 from kit.errors import DamagedRunError, LockedError
 from kit.model_options import decoder_output_channels, resolution_chain
 
@@ -32,6 +32,8 @@ KERNEL_SIZE = 3            # common.build_encoder / build_decoder's default
 MODEL_FILES_ON_DISK = 4
 FREE_SPACE_MARGIN_BYTES = 50 * 2 ** 20  # pictures, CSVs, JSON and TensorBoard logs
 GB = 1e9
+# The feature networks the kit ships for the Fréchet distance (kit/sample_quality.py).
+SHIPPED_FEATURE_NETS = Path(__file__).resolve().parent / "feature_nets"
 
 
 
@@ -169,6 +171,32 @@ def feature_cache_problem(dataset, refresh):
     if problem:
         return (f"the feature network of the Fréchet distance cannot be cached in {folder}: {problem} "
                 f"(set VAE_KIT_CACHE to a writable folder, or pass --fd-images 0)")
+    return None
+
+
+def shipped_feature_net_paths(dataset):
+    """(weights, card) of the feature network the kit ships for a data set: kit/feature_nets/
+    <dataset>.weights.h5 and <dataset>.json (the weights' SHA-256, how they were trained)."""
+    return SHIPPED_FEATURE_NETS / f"{dataset}.weights.h5", SHIPPED_FEATURE_NETS / f"{dataset}.json"
+
+
+def shipped_feature_net_problem(dataset):
+    """None if the kit ships a feature network for `dataset` and its weights match the SHA-256 its
+    card records, else why not: a missing, unreadable or damaged file."""
+    weights, card = shipped_feature_net_paths(dataset)
+    if not _lexists(card):
+        return (f"the kit ships no feature network for {dataset}; pass --feature-net own to train one "
+                f"on this machine, or --fd-images 0")
+    restore = "restore kit/feature_nets/ from the repository (git checkout -- kit/feature_nets)"
+    try:
+        info = json.loads(card.read_text())
+        expected = info["weights_sha256"]
+        actual = file_sha256(weights)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"the shipped feature network of {dataset} cannot be read ({err}); {restore}"
+    if actual != expected:
+        return (f"the shipped feature network {weights} is damaged: its SHA-256 is {actual[:12]}..., "
+                f"{card.name} records {str(expected)[:12]}...; {restore}")
     return None
 
 

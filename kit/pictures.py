@@ -281,6 +281,16 @@ def interpolation_pairs(labels, rows, rng):
     return pairs
 
 
+def feature_net_label(metrics):
+    """Which network the Fréchet distances used, in a few words: the kit's shipped one (comparable
+    with every machine's and the docs' numbers) or this machine's own (comparable only with runs
+    scored by that same network)."""
+    net = metrics.get("feature_net") or {}
+    if net.get("kind") == "shipped":
+        return f"the kit's shipped {net.get('dataset')} features, v{net.get('net_version')}"
+    return "this machine's own features, not comparable with the kit's shipped network"
+
+
 def format_metrics(metrics):
     """A small aligned table of the headline numbers."""
     rows = [("test −ELBO", "test_neg_elbo", "nats/image"),
@@ -302,7 +312,8 @@ def format_metrics(metrics):
             ("Gaussian decoder σ (evaluation)", "gaussian_sigma", ""),
             ("BCE floor", "bce_floor", "nats/image"),
             ("excess over floor", "excess_over_floor", "nats/image"),
-            (f"Fréchet distance to {metrics.get('fd_images')} test images (kit features):", None, ""),
+            (f"Fréchet distance to {metrics.get('fd_images')} test images ({feature_net_label(metrics)}):",
+             None, ""),
             (f"  prior samples (temperature {metrics.get('temperature', 1.0):g})", "fd_prior_samples", ""),
             ("  GMM samples", "fd_gmm_samples", ""),
             ("  test reconstructions", "fd_reconstructions", ""),

@@ -82,7 +82,7 @@ def describe_runtime(config):
 
 def load_data(config, spec):
     """The data set's splits (--limit applied); prints where they came from and any warnings, and
-    refuses at once a cached feature network made from other data (not after training)."""
+    refuses at once an own cached feature network made from other data (not after training)."""
     splits = spec.load(config.data_dir)
     if config.validation_images >= len(splits.x_train):
         raise UsageError(f"--validation-images {config.validation_images} leaves no training images "
@@ -92,7 +92,7 @@ def load_data(config, spec):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"Data: {splits.source} — {len(splits.x_train)} train / {len(splits.x_val)} validation "
           f"(held out of the training split) / {len(splits.x_test)} test images")
-    if config.fd_images and not config.refresh_feature_net:
+    if config.fd_images and config.feature_net == "own" and not config.refresh_feature_net:
         sample_quality.check_feature_cache(spec.name, sample_quality.files_checksum(splits.sha256))
     refuse_data_too_small(config, splits)
     return splits
@@ -346,12 +346,8 @@ def evaluate(model, config, spec, splits, history, gmm):
     print(f"\nEvaluating on {len(splits.x_test)} test images ...", flush=True)
     metrics = {}
     if config.fd_images:
-        full = splits.full or splits
-        features, info = sample_quality.feature_network(
-            spec.name, full.x_train, full.y_train, full.x_test, full.y_test,
-            sample_quality.files_checksum(splits.sha256), refresh=config.refresh_feature_net,
-            seed=0, verbose=1 if sys.stdout.isatty() else 2)
-        metrics["feature_net_test_accuracy"] = info["test_accuracy"]
+        features, metrics["feature_net"], metrics["feature_net_test_accuracy"] = feature_network(
+            config, spec, splits)
     start = time.perf_counter()  # feature-network training is not evaluation time
     if is_hierarchical(model):
         z_test, reconstructions = None, reconstruct(model, splits.x_test)
@@ -372,6 +368,23 @@ def evaluate(model, config, spec, splits, history, gmm):
                    train_seconds=sum(seconds) if seconds and None not in seconds else None)
     print(format_metrics(metrics))
     return Evaluation(metrics, z_test, reconstructions)
+
+
+def feature_network(config, spec, splits):
+    """(feature extractor, what metrics.json records of it, its accuracy on this test split) for the
+    Fréchet distances: the network the kit ships, or with --feature-net own this machine's (trained
+    on the whole training split the first time, then cached)."""
+    if config.feature_net == "shipped":
+        classifier, info = sample_quality.shipped_feature_network(spec.name)
+        info = {**info, "kind": "shipped"}
+        accuracy = sample_quality.classifier_accuracy(classifier, splits.x_test, splits.y_test)
+        return sample_quality.feature_extractor(classifier), sample_quality.describe_feature_net(info), accuracy
+    full = splits.full or splits
+    features, info = sample_quality.feature_network(
+        spec.name, full.x_train, full.y_train, full.x_test, full.y_test,
+        sample_quality.files_checksum(splits.sha256), refresh=config.refresh_feature_net,
+        seed=0, verbose=1 if sys.stdout.isatty() else 2)
+    return features, sample_quality.describe_feature_net(info), info["test_accuracy"]
 
 
 def save_metrics(config, metrics):

@@ -1,13 +1,19 @@
-"""Sample quality: a Fréchet distance in the features of a small classifier trained by the kit,
-and an ex-post Gaussian-mixture sampler of the latent space.
+"""Sample quality: a Fréchet distance in the features of a small classifier, and an ex-post
+Gaussian-mixture sampler of the latent space.
+
+The feature network is the one the kit ships for the data set (kit/feature_nets/: weights and a
+JSON of their SHA-256, training command, data checksum and test accuracy), the same on every
+machine, as FID fixes one network for everyone. A network trained on this machine ("own", for
+other data) is cached per data set under `<cache>/<dataset>/` (feature_net.keras + info.json),
+where <cache> is the `cache_dir` argument, else $VAE_KIT_CACHE/feature-nets, else
+~/.cache/vae-kit/feature-nets.
 
 Everything here takes arrays (images float32 in [0, 1] shaped (N, H, W, C), int labels); the
-caller loads data and parses options. Feature networks are cached per data set under
-`<cache>/<dataset>/` (feature_net.keras + info.json), where <cache> is the `cache_dir` argument,
-else $VAE_KIT_CACHE/feature-nets, else ~/.cache/vae-kit/feature-nets.
+caller loads data and parses options.
 """
 import hashlib
 import json
+import os
 import re
 import time
 import warnings
@@ -21,12 +27,12 @@ import tensorflow as tf
 from keras import layers
 from sklearn.mixture import GaussianMixture
 
-from kit.atomic_files import atomic_path, write_json
+from kit.atomic_files import atomic_path, file_sha256, write_json
 from kit.errors import UsageError
-from kit.guards import feature_cache_root
+from kit.guards import feature_cache_root, shipped_feature_net_paths, shipped_feature_net_problem
 from kit.pipeline import shuffled_batches
 
-FEATURE_NET_VERSION = 1  # bump when the architecture or training changes: old caches are refused
+FEATURE_NET_VERSION = 2  # bump when the architecture or training changes: old caches are refused
 FEATURE_NET_FILE = "feature_net.keras"
 INFO_FILE = "info.json"
 FEATURE_LAYER = "features"
@@ -45,11 +51,11 @@ class FeatureNetSettings:
     learning_rate: float = 3e-3
 
 
-# Tuned on 2 shared CPU cores to train in under 2 minutes: about 92 % test accuracy on
-# Fashion-MNIST, about 73 % on the CIFAR-10 JPEG copy (see the module's bench script).
+# The shipped networks were trained with these (bench/feature_nets.py --ship; their test accuracy
+# in kit/feature_nets/<dataset>.json); an own network trains with them too.
 FEATURE_NET_SETTINGS = {
-    "fashion_mnist": FeatureNetSettings(feature_units=128, epochs=5),
-    "cifar10": FeatureNetSettings(feature_units=256, epochs=4),
+    "fashion_mnist": FeatureNetSettings(feature_units=128, epochs=10),
+    "cifar10": FeatureNetSettings(feature_units=256, epochs=15),
 }
 
 
@@ -74,14 +80,6 @@ def feature_cache_dir(cache_dir=None):
     return Path(cache_dir) if cache_dir is not None else feature_cache_root()
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def feature_network(dataset_name, x_train, y_train, x_test, y_test, data_checksum, refresh=False,
                     cache_dir=None, seed=0, epochs=None, train_images=None, verbose=1):
     """(features_model, info): the data set's feature classifier cut at its penultimate layer.
@@ -96,7 +94,7 @@ def feature_network(dataset_name, x_train, y_train, x_test, y_test, data_checksu
     folder = feature_cache_dir(cache_dir) / dataset_name
     if not refresh and (folder / INFO_FILE).exists():
         model, info = load_cached_feature_net(folder, data_checksum)
-        return feature_extractor(model), {**info, "loaded": True, "path": str(folder)}
+        return feature_extractor(model), {**info, "kind": "own", "loaded": True, "path": str(folder)}
     settings = FEATURE_NET_SETTINGS.get(dataset_name, FeatureNetSettings())
     if epochs is not None:
         settings = replace(settings, epochs=epochs)
@@ -115,7 +113,7 @@ def feature_network(dataset_name, x_train, y_train, x_test, y_test, data_checksu
     }
     save_cached_feature_net(folder, model, info)
     info = json.loads((folder / INFO_FILE).read_text())  # what a later load will see
-    return feature_extractor(model), {**info, "loaded": False, "path": str(folder)}
+    return feature_extractor(model), {**info, "kind": "own", "loaded": False, "path": str(folder)}
 
 
 def save_cached_feature_net(folder, model, info):
@@ -163,6 +161,68 @@ def load_cached_feature_net(folder, checksum):
     """(classifier, info) from a cache folder, after checking it (cached_feature_net_info)."""
     info = cached_feature_net_info(folder, checksum)
     return keras.models.load_model(folder / FEATURE_NET_FILE, compile=False), info
+
+
+# --- the shipped networks ------------------------------------------------------------------------
+
+def shipped_feature_network(dataset_name):
+    """(classifier, card): the feature network the kit ships for the data set, its SHA-256 checked
+    first (FeatureNetError, exit 2, for a missing or damaged file). Built from the settings its card
+    records, so a later change of FEATURE_NET_SETTINGS cannot change it."""
+    problem = shipped_feature_net_problem(dataset_name)
+    if problem:
+        raise FeatureNetError(problem)
+    weights, card = shipped_feature_net_paths(dataset_name)
+    info = json.loads(card.read_text())
+    settings = FeatureNetSettings(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in info["settings"].items()})
+    model = build_feature_classifier(tuple(info["image_shape"]), info["num_classes"], settings,
+                                     seed=info["seed"])
+    model.load_weights(weights)
+    return model, info
+
+
+def save_shipped_feature_network(model, info):
+    """Write kit/feature_nets/<dataset>.weights.h5, then its card (<dataset>.json) with the file's
+    SHA-256 and size, and a digest of the weight values themselves (equal for equal weights even
+    where HDF5 lays the bytes out differently)."""
+    weights, card = shipped_feature_net_paths(info["dataset"])
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_name(f".tmp{os.getpid()}.{weights.name}")  # Keras wants the .weights.h5 ending
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, weights)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_json(card, {**info, "weights_sha256": file_sha256(weights),
+                      "weights_bytes": weights.stat().st_size, "weight_values_sha256": weight_values_sha256(model)})
+
+
+def weight_values_sha256(model):
+    """SHA-256 of every weight's float32 bytes in the model's order: equal networks, equal digest."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight), dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+def classifier_accuracy(classifier, images, labels):
+    """The fraction of images whose largest logit is their label."""
+    logits = classifier.predict(np.asarray(images, np.float32), batch_size=FEATURE_BATCH, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))
+
+
+def describe_feature_net(info):
+    """What metrics.json records of the network a run's Fréchet distances used: which one (shipped
+    with the kit, or this machine's own), its file's SHA-256 and the data it was trained on."""
+    if info.get("kind") == "shipped":
+        return {"kind": "shipped", "dataset": info["dataset"], "trained_on": info["trained_on"],
+                "net_version": info["net_version"], "weights_sha256": info["weights_sha256"],
+                "test_accuracy_when_trained": info["test_accuracy"]}
+    return {"kind": "own", "dataset": info["dataset"], "trained_on": "this machine's data files "
+            f"(checksum {info['data_checksum'][:12]}...)", "net_version": info["net_version"],
+            "path": info["path"], "weights_sha256": info["feature_net_sha256"],
+            "test_accuracy_when_trained": info["test_accuracy"]}
 
 
 def feature_extractor(classifier):
@@ -225,9 +285,7 @@ def train_feature_classifier(x_train, y_train, x_test, y_test, settings, seed=0,
     model.fit(batches, epochs=settings.epochs, steps_per_epoch=steps_per_epoch, shuffle=False,
               verbose=verbose)
     train_seconds = time.perf_counter() - start
-    logits = model.predict(x_test, batch_size=FEATURE_BATCH, verbose=0)
-    test_accuracy = float(np.mean(np.argmax(logits, axis=1) == np.asarray(y_test)))
-    return model, test_accuracy, train_seconds
+    return model, classifier_accuracy(model, x_test, y_test), train_seconds
 
 
 # --- Fréchet distance ----------------------------------------------------------------------------

@@ -172,11 +172,21 @@ def test_resume_into_a_too_long_outdir_is_refused_not_a_traceback(tmp_path):
 def test_a_feature_cache_on_a_file_is_refused_when_the_frechet_distance_is_on(tmp_path, monkeypatch, outdir):
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("VAE_KIT_CACHE", str(tmp_path / "file"))
-    message = refusal(["--outdir", outdir])
+    parse_config(FASHION_MNIST, ["--outdir", outdir])  # the shipped network needs no cache
+    message = refusal(["--feature-net", "own", "--outdir", outdir])
     assert message == (f"the feature network of the Fréchet distance cannot be cached in "
                        f"{tmp_path}/file/feature-nets/fashion_mnist: {tmp_path}/file is not a folder "
                        f"(set VAE_KIT_CACHE to a writable folder, or pass --fd-images 0)")
     parse_config(FASHION_MNIST, ["--fd-images", "0", "--outdir", outdir])  # no cache needed
+
+
+def test_the_shipped_feature_network_is_the_default_and_cannot_be_refreshed(outdir):
+    assert parse_config(FASHION_MNIST, ["--outdir", outdir]).feature_net == "shipped"
+    assert parse_config(CIFAR10, ["--feature-net", "own", "--outdir", outdir]).feature_net == "own"
+    assert refusal(["--refresh-feature-net", "--outdir", outdir]) == (
+        "--refresh-feature-net retrains a feature network of this machine's own; the shipped one is "
+        "fixed (add --feature-net own)")
+    assert "argument --feature-net: invalid choice: 'inception'" in refusal(["--feature-net", "inception"])
 
 
 @pytest.fixture
@@ -200,7 +210,7 @@ def read_only_folder(tmp_path):
 
 def test_a_feature_cache_that_cannot_be_written_is_refused(read_only_folder, monkeypatch, outdir):
     monkeypatch.setenv("VAE_KIT_CACHE", str(read_only_folder))
-    message = refusal(["--outdir", outdir])
+    message = refusal(["--feature-net", "own", "--outdir", outdir])
     assert message.startswith("the feature network of the Fréchet distance cannot be cached in "
                               f"{read_only_folder}/feature-nets/fashion_mnist: permission denied on "
                               f"{read_only_folder}"), message
@@ -214,8 +224,8 @@ def test_a_cached_network_in_a_read_only_cache_is_enough_unless_refreshed(tmp_pa
     real_access = os.access
     monkeypatch.setattr("kit.guards.os.access",  # nothing in the cache can be written
                         lambda path, mode: not str(path).startswith(str(cache)) and real_access(path, mode))
-    parse_config(FASHION_MNIST, ["--outdir", outdir])  # reading the cached network is enough
-    assert "cannot be cached" in refusal(["--refresh-feature-net", "--outdir", outdir])
+    parse_config(FASHION_MNIST, ["--feature-net", "own", "--outdir", outdir])  # reading the cached network is enough
+    assert "cannot be cached" in refusal(["--feature-net", "own", "--refresh-feature-net", "--outdir", outdir])
 
 
 def test_resume_may_mend_an_evaluation_option_that_stopped_the_run(tmp_path):

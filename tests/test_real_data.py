@@ -17,8 +17,7 @@ def train_as_the_script_does(spec, argv, steps):
     """The script's own steps up to training: its options, runtime, loader and input pipeline, and
     `steps` steps of fit; returns (the data's splits, the trained model). (The evaluation and
     pictures that follow: the tiny end-to-end runs of tests/test_scripts.py; at full size,
-    `make run`, `make cifar` and bench/.) Callers pass --fd-images 0: the loader would refuse the
-    session's cached feature network, made from the tiny test data."""
+    `make run`, `make cifar` and bench/.)"""
     import keras
     from kit import run
     from kit.config import parse_config
@@ -34,6 +33,18 @@ def train_as_the_script_does(spec, argv, steps):
     model.fit(run.train_batches(config, splits.x_train, first_epoch=0), epochs=1, steps_per_epoch=steps,
               shuffle=False, verbose=0)
     return splits, model
+
+
+def assert_the_shipped_network_scores_as_its_card_says(dataset, splits):
+    """On the very files it was trained on (same checksum), the shipped feature network's test
+    accuracy is the one its card records: the weights in the repository are the trained ones."""
+    from kit import sample_quality as sq
+    classifier, card = sq.shipped_feature_network(dataset)
+    if sq.files_checksum(splits.sha256) != card["data_checksum"]:
+        pytest.skip(f"these are not the files {dataset}'s shipped network was trained on")
+    accuracy = sq.classifier_accuracy(classifier, splits.x_test, splits.y_test)
+    print(f"{card['trained_on']}: shipped feature network's test accuracy {accuracy:.4f}")
+    assert accuracy == pytest.approx(card["test_accuracy"], abs=2e-4)  # two images of 10,000 at most
 
 
 def neg_elbo_of_the_first_test_images(model, splits, n=1000):
@@ -60,6 +71,7 @@ def test_a_hundred_steps_on_real_fashion_mnist(tmp_path):
     # The untrained model scores about 543 nats; the script reached 358.0 on the whole test split
     # after these 100 steps (2026-12-01), and 367.3 on these 1,000 images.
     assert neg_elbo < 400
+    assert_the_shipped_network_scores_as_its_card_says("fashion_mnist", splits)
 
 
 @pytest.mark.skipif(not CIFAR_DIR or not data.find_cifar_dir(CIFAR_DIR),
@@ -80,3 +92,4 @@ def test_two_hundred_steps_on_cifar10_from_env(tmp_path):
     # on the whole test split of the JPEG copy (the script, 2026-11) and 1978.9 on these 1,000
     # images (twice, 2026-12-01).
     assert neg_elbo < 2060
+    assert_the_shipped_network_scores_as_its_card_says("cifar10", splits)

@@ -428,7 +428,8 @@ def test_a_feature_cache_on_a_file_is_refused_before_training(fashion_dir, tmp_p
     blocker.write_text("not a folder")
     outdir = tmp_path / "out"
     result = run_in_process(FASHION, "--data-dir", fashion_dir, "--epochs", 1, "--limit", 64, "--outdir",
-                            outdir, *TINY_MODEL, timeout=60, env={"VAE_KIT_CACHE": str(blocker)})
+                            outdir, "--feature-net", "own", *TINY_MODEL, timeout=60,
+                            env={"VAE_KIT_CACHE": str(blocker)})
     line = assert_one_line(result, 2)
     assert f"cannot be cached in {blocker}/feature-nets/fashion_mnist: {blocker} is not a folder" in line
     assert "Epoch 1" not in result.stdout and not outdir.exists()
@@ -448,11 +449,28 @@ def write_damaged_feature_cache(cache, fashion_dir):
 
 
 @pytest.mark.slow
+def test_a_damaged_shipped_feature_network_is_refused_before_training(fashion_dir, tmp_path, monkeypatch):
+    from kit import guards
+    nets = tmp_path / "nets"
+    shutil.copytree(guards.SHIPPED_FEATURE_NETS, nets)
+    monkeypatch.setattr(guards, "SHIPPED_FEATURE_NETS", nets)
+    weights = nets / "fashion_mnist.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:-100])  # cut short, as by an interrupted copy
+    outdir = tmp_path / "out"
+    result = run_in_process(FASHION, "--data-dir", fashion_dir, "--epochs", 1, "--limit", 64, "--outdir",
+                            outdir, *TINY_MODEL, timeout=60)
+    line = assert_one_line(result, 2)
+    assert f"the shipped feature network {weights} is damaged: its SHA-256 is " in line, line
+    assert "Epoch 1" not in result.stdout and not outdir.exists()
+
+
+@pytest.mark.slow
 def test_a_damaged_cached_feature_network_is_refused_before_training(fashion_dir, tmp_path):
     folder = write_damaged_feature_cache(tmp_path / "cache", fashion_dir)
     outdir = tmp_path / "out"
     result = run_in_process(FASHION, "--data-dir", fashion_dir, "--epochs", 1, "--limit", 64, "--outdir",
-                            outdir, *TINY_MODEL, timeout=120, env={"VAE_KIT_CACHE": str(tmp_path / "cache")})
+                            outdir, "--feature-net", "own", *TINY_MODEL, timeout=120,
+                            env={"VAE_KIT_CACHE": str(tmp_path / "cache")})
     line = assert_one_line(result, 2)
     assert f"{folder}/feature_net.keras is missing or does not match info.json" in line, line
     assert "--refresh-feature-net" in line

@@ -279,3 +279,70 @@ def test_feature_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert sq.feature_cache_dir(tmp_path / "elsewhere") == tmp_path / "elsewhere"
     monkeypatch.delenv("VAE_KIT_CACHE")
     assert str(sq.feature_cache_dir()).endswith(".cache/vae-kit/feature-nets")
+
+
+# --- the shipped feature networks ----------------------------------------------------------------
+
+@pytest.mark.parametrize("dataset, shape, units", [("fashion_mnist", (28, 28, 1), 128), ("cifar10", (32, 32, 3), 256)])
+def test_the_shipped_networks_load_and_their_checksums_hold(dataset, shape, units):
+    from kit.atomic_files import file_sha256
+    from kit.guards import shipped_feature_net_paths, shipped_feature_net_problem
+    weights, card_path = shipped_feature_net_paths(dataset)
+    card = json.loads(card_path.read_text())
+    assert shipped_feature_net_problem(dataset) is None
+    assert file_sha256(weights) == card["weights_sha256"] and weights.stat().st_size == card["weights_bytes"]
+    assert card["weights_bytes"] < 3_000_000 and card["dataset"] == dataset
+    assert len(card["data_checksum"]) == 64 and card["command"].startswith("python bench/feature_nets.py --ship")
+    classifier, info = sq.shipped_feature_network(dataset)
+    assert info == card
+    # The values loaded are the values trained: the digest of the weights themselves matches.
+    assert sq.weight_values_sha256(classifier) == card["weight_values_sha256"]
+    assert classifier.input_shape == (None, *shape) and classifier.output_shape == (None, 10)
+    features = sq.feature_extractor(classifier).predict(np.zeros((2, *shape), np.float32), verbose=0)
+    assert features.shape == (2, units)
+
+
+@pytest.fixture
+def shipped_copy(tmp_path, monkeypatch):
+    """A copy of kit/feature_nets/ that the kit uses instead of the real one."""
+    from kit import guards
+    shutil.copytree(guards.SHIPPED_FEATURE_NETS, tmp_path / "nets")
+    monkeypatch.setattr(guards, "SHIPPED_FEATURE_NETS", tmp_path / "nets")
+    return tmp_path / "nets"
+
+
+def test_a_damaged_shipped_network_is_refused(shipped_copy):
+    from kit.guards import shipped_feature_net_problem
+    weights = shipped_copy / "fashion_mnist.weights.h5"
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one byte changed
+    weights.write_bytes(bytes(raw))
+    problem = shipped_feature_net_problem("fashion_mnist")
+    assert problem.startswith(f"the shipped feature network {weights} is damaged: its SHA-256 is ")
+    assert problem.endswith("restore kit/feature_nets/ from the repository (git checkout -- kit/feature_nets)")
+    with pytest.raises(sq.FeatureNetError, match="is damaged"):
+        sq.shipped_feature_network("fashion_mnist")
+    assert shipped_feature_net_problem("cifar10") is None  # the other one is untouched
+
+
+def test_a_missing_shipped_weights_file_or_card_is_named(shipped_copy):
+    from kit.guards import shipped_feature_net_problem
+    (shipped_copy / "cifar10.weights.h5").unlink()
+    assert "the shipped feature network of cifar10 cannot be read" in shipped_feature_net_problem("cifar10")
+    (shipped_copy / "cifar10.json").unlink()
+    assert shipped_feature_net_problem("cifar10") == (
+        "the kit ships no feature network for cifar10; pass --feature-net own to train one on this "
+        "machine, or --fd-images 0")
+
+
+def test_what_metrics_record_of_each_network(toy_cache):
+    card = json.loads((sq.shipped_feature_net_paths("cifar10")[1]).read_text())
+    shipped = sq.describe_feature_net({**card, "kind": "shipped"})
+    assert shipped == {"kind": "shipped", "dataset": "cifar10", "trained_on": card["trained_on"],
+                       "net_version": card["net_version"], "weights_sha256": card["weights_sha256"],
+                       "test_accuracy_when_trained": card["test_accuracy"]}
+    _, _, info = toy_cache
+    own = sq.describe_feature_net(info)
+    assert own["kind"] == "own" and own["path"] == info["path"]
+    assert own["weights_sha256"] == info["feature_net_sha256"]
+    assert own["trained_on"] == f"this machine's data files (checksum {CHECKSUM[:12]}...)"

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_MODEL, png_size, run_in_process, write_fashion_mnist
+from conftest import TINY_MODEL, png_size, run_in_process
 from kit.atomic_files import read_csv
 
 pytestmark = pytest.mark.slow  # end to end, in subprocesses: `pytest -m "not slow"` skips them
@@ -63,17 +63,18 @@ def test_fashion_script_writes_every_output(fashion_run, fashion_dir):
     # accuracy, and a GMM over the 2-D latent that loads without pickle.
     assert metrics["fd_images"] == 128 and all(metrics[k] >= 0 for k in FD_KEYS)
     assert metrics["fd_train_vs_test"] < metrics["fd_prior_samples"]  # real images are closest
-    # The feature network's accuracy is real: measured again here with the cached network, and well
-    # above the 0.1 of chance (0.29 after its 10 steps on these 256 images when this was written).
-    import keras
+    # The shipped feature network scored them, and metrics.json says so; its accuracy is measured on
+    # this run's test split: the same number again here from the shipped weights.
     from kit.data import load_fashion_mnist
-    from kit.sample_quality import feature_cache_dir
-    classifier = keras.models.load_model(feature_cache_dir() / "fashion_mnist" / "feature_net.keras",
-                                         compile=False)
+    from kit.sample_quality import shipped_feature_network
+    classifier, card = shipped_feature_network("fashion_mnist")
+    assert metrics["feature_net"] == {
+        "kind": "shipped", "dataset": "fashion_mnist", "trained_on": "Fashion-MNIST", "net_version": 2,
+        "weights_sha256": card["weights_sha256"], "test_accuracy_when_trained": card["test_accuracy"]}
     test = load_fashion_mnist(str(fashion_dir))
     predicted = np.argmax(classifier.predict(test.x_test, verbose=0), axis=1)
     assert metrics["feature_net_test_accuracy"] == pytest.approx(np.mean(predicted == test.y_test), abs=1e-9)
-    assert metrics["feature_net_test_accuracy"] > 0.2
+    assert "the kit's shipped fashion_mnist features, v2" in result.stdout
     with np.load(outdir / "latent_gmm.npz", allow_pickle=False) as gmm:
         assert gmm["means"].shape == (10, 2) and gmm["covariances"].shape == (10, 2, 2)
         assert gmm["weights"].sum() == pytest.approx(1.0)
@@ -89,8 +90,13 @@ def test_eval_only_reproduces_the_metrics_of_the_run(fashion_run, fashion_dir, t
     before = json.loads((outdir / "metrics.json").read_text())
     after = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("test_neg_elbo", "test_reconstruction", "test_kl", "test_iwae_nll", "epochs", "train_seconds",
-                *FD_KEYS, "feature_net_test_accuracy"):
+                "feature_net_test_accuracy"):
         assert after[key] == pytest.approx(before[key], rel=1e-5), key
+    # The Fréchet distances within 1e-4 (measured 1.1e-5 for the GMM samples' FD of 65.1: the GMM is
+    # fitted again), ten times tighter than issue 27's 1e-3 between machines.
+    for key in FD_KEYS:
+        assert after[key] == pytest.approx(before[key], rel=1e-4), key
+    assert after["feature_net"] == before["feature_net"]
     for name in PICTURES:
         assert png_size(tmp_path / name)[0] > 200
 
@@ -184,12 +190,16 @@ def test_continuous_bernoulli_warmup_and_tensorboard_end_to_end(fashion_dir, tmp
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
 
 
-def test_a_feature_network_cached_for_other_data_is_refused_before_training(fashion_run, tmp_path):
-    # The session's cache holds the feature network of the fixture data; other files are refused
-    # at once, with the way out in the message, and nothing is trained or written.
-    other = write_fashion_mnist(tmp_path / "other", seed=9)
-    result = run_in_process("vae_fashion_mnist.py", "--data-dir", other, "--epochs", 1,
-                            "--outdir", tmp_path / "out", *TINY_MODEL)
+def test_an_own_feature_network_cached_for_other_data_is_refused_before_training(fashion_dir, tmp_path):
+    # The cache holds an own feature network of other files: refused at once, with the way out in
+    # the message, and nothing is trained or written.
+    from kit.sample_quality import FEATURE_NET_VERSION
+    folder = tmp_path / "cache" / "feature-nets" / "fashion_mnist"
+    folder.mkdir(parents=True)
+    (folder / "info.json").write_text(json.dumps({"data_checksum": "f" * 64, "net_version": FEATURE_NET_VERSION}))
+    result = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 1, "--feature-net",
+                            "own", "--outdir", tmp_path / "out", *TINY_MODEL,
+                            env={"VAE_KIT_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 2, result.stderr[-3000:]
     assert "trained on other data" in result.stderr and "--refresh-feature-net" in result.stderr
     assert "Epoch 1" not in result.stdout and not (tmp_path / "out").exists()
