@@ -26,6 +26,7 @@ from kit.guards import estimate_for, free_space_warning, is_chief, is_int
 from kit import sample_quality
 from kit.evaluate import EVAL_BATCH, compute_metrics, decode_images, posterior_means, reconstruct, to_uint8
 from kit.models import KIT_MODELS, describe, is_hierarchical, latent_groups_note
+from kit.picture_arrays import picture_arrays
 from kit.pictures import format_metrics, write_hierarchical_pictures, write_loss_curves, write_pictures
 from kit.pipeline import shuffled_batches
 
@@ -331,8 +332,8 @@ def fit_latent_gmm(model, config, splits):
 @dataclass
 class Evaluation:
     """What evaluate() measured and what the pictures reuse: the test split's posterior means and
-    their decoder mean images, computed once. For the hierarchical VAE z_test is None (the
-    pictures ask for its top group's posterior means themselves) and the reconstructions come from
+    their decoder mean images, computed once. For the hierarchical VAE z_test is None
+    (picture_arrays computes its top group's posterior means) and the reconstructions come from
     its reconstruct: every group at its posterior mean."""
     metrics: dict
     z_test: object  # np.ndarray, or None
@@ -386,21 +387,21 @@ def save_metrics(config, metrics):
 
 def draw_pictures(model, config, spec, splits, history, gmm, evaluation):
     """Loss curves (for --eval-only and --resume; a fresh run's last epoch drew them), samples from
-    the prior and from the GMM, reconstructions, latent space, interpolations (the test codes and
-    reconstructions from `evaluation`)."""
+    the prior and from the GMM, reconstructions, latent space, interpolations: the arrays decoded
+    once (reusing the test codes and reconstructions of `evaluation`), then drawn."""
     outdir = Path(config.outdir)
     title = data_title(spec, splits)
     if history and (config.eval_only or config.resume):
         write_loss_curves(history, outdir, title, describe(model))
     epoch_note = f", epoch {history[-1]['epoch']}" if history else ""
+    arrays = picture_arrays(model, splits, gmm, evaluation.z_test, evaluation.reconstructions,
+                            seed=config.seed, temperature=config.temperature)
     if is_hierarchical(model):  # no GMM; samples at several temperatures, the KL of each group
-        write_hierarchical_pictures(model, splits, outdir, f"{title}{epoch_note}", evaluation.metrics,
-                                    seed=config.seed, temperature=config.temperature,
-                                    reconstructions=evaluation.reconstructions)
-        return
-    write_pictures(model, splits, outdir, f"{title}{epoch_note}, {describe(model)}",
-                   gmm, seed=config.seed, z_test=evaluation.z_test,
-                   reconstructions=evaluation.reconstructions, temperature=config.temperature)
+        write_hierarchical_pictures(arrays, splits, outdir, f"{title}{epoch_note}", evaluation.metrics,
+                                    temperature=config.temperature)
+    else:
+        write_pictures(arrays, splits, outdir, f"{title}{epoch_note}, {describe(model)}",
+                       temperature=config.temperature)
 
 
 def read_history(path):

@@ -77,7 +77,7 @@ def test_prior_samples_follow_the_temperature_and_the_gmm_is_skipped(tiny, tmp_p
 
 def test_interpolations_decode_the_top_group_with_finer_groups_at_their_prior_means(tiny):
     import tensorflow as tf
-    from kit.pictures import decode_top_group
+    from kit.picture_arrays import decode_top_group
     stats = tiny.latent_statistics(images(1), tiny.draw_noise(1))[0]
     # The top group at its prior mean, the rest at theirs: the temperature-0 sample.
     np.testing.assert_allclose(decode_top_group(tiny, stats["p_mean"].reshape(1, -1)), tiny.sample(1, 0.0),
