@@ -176,7 +176,8 @@ def write_pictures(arrays, splits, outdir, title, temperature=1.0):
     plot_image_grid(arrays.samples_gmm, outdir / "samples_gmm.png",
                     f"Samples from a {arrays.gmm_components}-component GMM of the training codes — {title}")
     plot_reconstructions(splits.x_test[:len(arrays.reconstructions)], arrays.reconstructions,
-                         outdir / "reconstructions.png", f"Test images and reconstructions (posterior mean) — {title}")
+                         outdir / "reconstructions.png",
+                         f"Test images and reconstructions (posterior mean) — {title}")
     latent = arrays.latent_means.shape[1]
     how = "" if latent == 2 else f" (PCA of {latent} dims)"
     plot_latent_space(arrays.latent_means, splits.y_test, splits.class_names, outdir / "latent_space.png",
@@ -194,9 +195,11 @@ def write_hierarchical_pictures(arrays, splits, outdir, title, metrics, temperat
     metrics' kl_per_group), the top group's posterior means (PCA) and interpolations between them
     with the finer groups at their prior means."""
     outdir = Path(outdir)
-    plot_image_grid(arrays.samples, outdir / "samples.png", f"Samples from the prior, temperature {temperature:g} — {title}")
+    plot_image_grid(arrays.samples, outdir / "samples.png",
+                    f"Samples from the prior, temperature {temperature:g} — {title}")
     temperatures = arrays.temperatures
-    plot_image_rows(arrays.temperature_rows, [f"T = {t:g}" for t in temperatures], outdir / "samples_temperatures.png",
+    plot_image_rows(arrays.temperature_rows, [f"T = {t:g}" for t in temperatures],
+                    outdir / "samples_temperatures.png",
                     f"The same latent noise at temperatures {', '.join(f'{t:g}' for t in temperatures)} "
                     f"(each group's prior std times T) — {title}")
     plot_reconstructions(splits.x_test[:len(arrays.reconstructions)], arrays.reconstructions,
@@ -221,8 +224,9 @@ def plot_interpolations(arrays, splits, path, title):
     plot_image_rows(arrays.interpolations, labels, path, title)
 
 
-def format_metrics(metrics):
-    """A small aligned table of the headline numbers."""
+def metric_rows(metrics):
+    """(label, key, value, unit) of each headline number `metrics` holds, in the printed order,
+    labels indented two spaces a level; a heading's key and value are None."""
     rows = [("test −ELBO", "test_neg_elbo", "nats/image"),
             ("  reconstruction", "test_reconstruction", "nats/image"),
             ("  KL", "test_kl", "nats/image"),
@@ -248,15 +252,21 @@ def format_metrics(metrics):
             ("  test reconstructions", "fd_reconstructions", ""),
             ("  real training images (ideal)", "fd_train_vs_test", ""),
             ("feature network test accuracy", "feature_net_test_accuracy", "")]
-    lines = []
+    out = []
     for label, key, unit in rows:
         value = metrics.get(key)
         if key is None and metrics.get("fd_images"):  # a heading
-            lines.append(f"  {label}")
+            out.append((label, None, None, ""))
         elif value is not None:
-            lines.append(f"  {label:<36} {value:>10.4f}  {unit}")
+            out.append((label, key, value, unit))
         if key == "test_kl":  # the hierarchical VAE's groups, coarse to fine
             for group in metrics.get("kl_per_group") or []:
-                name = f"    group {group['group']} ({group['resolution']}×{group['resolution']})"
-                lines.append(f"  {name:<36} {group['kl']:>10.4f}  nats/image")
-    return "\n".join(lines)
+                out.append((f"    group {group['group']} ({group['resolution']}×{group['resolution']})",
+                            "kl_per_group", group["kl"], "nats/image"))
+    return out
+
+
+def format_metrics(metrics):
+    """A small aligned table of the headline numbers."""
+    return "\n".join(f"  {label}" if value is None else f"  {label:<36} {value:>10.4f}  {unit}"
+                     for label, _, value, unit in metric_rows(metrics))

@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import resource
+import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from kit.models import KIT_MODELS, describe, is_hierarchical, latent_groups_note
 from kit.picture_arrays import picture_arrays
 from kit.pictures import format_metrics, write_hierarchical_pictures, write_loss_curves, write_pictures
 from kit.pipeline import shuffled_batches
+from kit.report import write_report
 
 
 # --- runtime ------------------------------------------------------------------------------------
@@ -371,18 +373,26 @@ def evaluate(model, config, spec, splits, history, gmm):
                    data_source=splits.source, data_warnings=splits.warnings,
                    epochs=history[-1]["epoch"] if history else None,
                    train_seconds=sum(seconds) if seconds and None not in seconds else None)
+    metrics.update(data_title=data_title(spec, splits), model=describe(model))  # for report.html
     print(format_metrics(metrics))
     return Evaluation(metrics, z_test, reconstructions)
 
 
 def save_metrics(config, metrics):
-    """metrics.json, written last: a run folder that has it holds a finished run. Lists the outputs."""
+    """report.html, then metrics.json, written last: a run folder that has it holds a finished run.
+    Lists the outputs."""
     outdir = Path(config.outdir)
+    write_report(outdir, metrics, command_line())
     write_json(outdir / "metrics.json", metrics)
     print(f"\nOutputs written to {outdir}/:")
     for path in sorted(outdir.iterdir()):
         if path.is_file() and not path.name.startswith("."):
             print(f"  {path.name}")
+
+
+def command_line():
+    """This run's command, as a user would type it again."""
+    return shlex.join(["python", Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def draw_pictures(model, config, spec, splits, history, gmm, evaluation):
