@@ -84,15 +84,18 @@ def describe_runtime(config):
 # --- data ---------------------------------------------------------------------------------------
 
 def load_data(config, spec):
-    """The data set's splits (--limit applied); prints where they came from and any warnings, and
-    refuses at once a cached feature network made from other data (not after training)."""
+    """The data set's splits (--limit applied); prints where they came from and, in one line,
+    whether they are a modified copy; refuses at once a cached feature network made from other data
+    (not after training)."""
     splits = spec.load(config.data_dir)
     if config.validation_images >= len(splits.x_train):
         raise UsageError(f"--validation-images {config.validation_images} leaves no training images "
                          f"(the training split has {len(splits.x_train)})")
     splits = splits.hold_out(config.validation_images, config.seed).limit(config.limit)
-    for warning in splits.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    if splits.warnings:  # one line; config.json and metrics.json keep every file's
+        print(f"warning: {splits.source}: {len(splits.warnings)} of its {len(splits.sha256)} {spec.title} files "
+              f"differ from the official ones, a modified copy: results do not compare with {spec.title}'s "
+              f"(data_warnings in config.json and metrics.json name them)", file=sys.stderr)
     print(f"Data: {splits.source} — {len(splits.x_train)} train / {len(splits.x_val)} validation "
           f"(held out of the training split) / {len(splits.x_test)} test images")
     if config.fd_images and not config.refresh_feature_net:
@@ -238,7 +241,7 @@ def start_run_folder(config, spec, splits):
         return
     outdir = Path(config.outdir)
     if not config.resume:  # and the pictures that only one architecture (or a 2-D latent) draws
-        for stale in ("metrics.json", "model.keras", "latent_gmm.npz", "history.csv",
+        for stale in ("metrics.json", "report.html", "model.keras", "latent_gmm.npz", "history.csv",
                       "checkpoint/state.json", "samples_gmm.png", "latent_manifold.png",
                       "samples_temperatures.png", "kl_per_group.png"):
             (outdir / stale).unlink(missing_ok=True)

@@ -102,8 +102,10 @@ def cifar_dir(tmp_path_factory):
 
 
 def run_script(script, *args, timeout=240, env=None):
-    """Run a dataset script from the repo root; returns the CompletedProcess (text output)."""
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", **(env or {})}
+    """Run a dataset script from the repo root; returns the CompletedProcess (text output). The
+    script's TensorFlow log level is its own default, as a user's (kit/quiet_start.py)."""
+    full_env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    full_env = {**full_env, "PYTHONUNBUFFERED": "1", **(env or {})}
     if "--validation-images" not in map(str, args):
         args = (*TEST_VALIDATION, *args)
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,

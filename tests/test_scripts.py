@@ -138,7 +138,9 @@ def test_cifar_script_writes_every_output(cifar_dir, tmp_path):
     assert not (tmp_path / "latent_manifold.png").exists()  # only for a 2-D latent
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test_images"] == 64 and metrics["dataset"] == "cifar10"
-    assert "differs from the official file" in result.stderr  # test files are not the official ones
+    # The test files are not the official ones: one line says so, config.json names each file.
+    assert "6 of its 6 CIFAR-10 files differ from the official ones" in result.stderr
+    assert len(json.loads((tmp_path / "config.json").read_text())["data_warnings"]) == 6
 
 
 @pytest.mark.parametrize("args, message", [
