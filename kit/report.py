@@ -158,12 +158,15 @@ def figure(name, caption):
 def run_section(metrics, config, command):
     """The command, the data and its warnings, the options and software versions."""
     warnings = metrics.get("data_warnings") or []
-    data = f"<p>Data: {esc(metrics.get('data_title', ''))} from <code>{esc(metrics.get('data_source'))}</code></p>"
+    data = f"<p>Data: {esc(metrics.get('data_title', ''))} from <code>{esc(metrics.get('data_source'))}</code>"
+    official = "data_warnings" in metrics and not warnings
+    data += ", the official files (their checksums match)</p>" if official else "</p>"
     if warnings:
         data += (f'<details class="warn"><summary>{len(warnings)} data file(s) differ from the official ones: '
                  f"a modified copy, so the numbers do not compare with the official data set's</summary>"
                  f"<ul>{''.join(f'<li>{esc(w)}</li>' for w in warnings)}</ul></details>")
-    options = [(key, config[key]) for key in OPTIONS if key in config]
+    other_arch = ("latent_dim",) if config.get("arch") == "hierarchical" else ("latent_resolutions", "latent_channels")
+    options = [(key, config[key]) for key in OPTIONS if key in config and key not in other_arch]
     versions = config.get("versions") if isinstance(config.get("versions"), dict) else {}
     table = "".join(f"<tr><td>{esc(k)}</td><td><code>{esc(v)}</code></td></tr>" for k, v in options)
     table += "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in versions.items())
