@@ -35,7 +35,8 @@ h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8p
 .sub { color: #555; margin: 0 0 12px; }
 table { border-collapse: collapse; } td, th { padding: 3px 12px 3px 0; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; } tr.head td { font-weight: 600; padding-top: 8px; }
-.metrics td:first-child { white-space: pre; } caption { text-align: left; color: #555; padding-bottom: 6px; white-space: nowrap; }
+.metrics td:first-child { white-space: pre; }
+caption { text-align: left; color: #555; padding-bottom: 6px; white-space: nowrap; }
 .columns { display: flex; flex-wrap: wrap; gap: 12px 48px; align-items: flex-start; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(380px, 1fr)); gap: 20px; }
 figure { margin: 0; } img { max-width: 100%; height: auto; border: 1px solid #eee; }
