@@ -42,7 +42,9 @@ FASHION_MNIST = DatasetSpec(
 def main(argv=None):
     config = parse_config(FASHION_MNIST, argv)  # a bad option: one line, exit 2, no TensorFlow yet
     claim_outdir(config.outdir)  # one run per folder: another run there is refused with exit 2
-    from kit.models import build_model  # TensorFlow takes seconds to import
+    from kit.quiet_start import import_tensorflow
+    import_tensorflow()  # seconds; without its C++ start-up log (TF_CPP_MIN_LOG_LEVEL=0 shows it)
+    from kit.models import build_model
     from kit import run
 
     strategy = run.set_up_runtime(config)  # seeds, precision policy, tf.distribute strategy

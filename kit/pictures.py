@@ -1,5 +1,6 @@
 """Pictures of a run and its metrics as a table. The plot_* functions take arrays and a path and
-write one PNG; write_* functions decode a model's images first."""
+write one PNG; write_* functions draw a run's pictures from the arrays kit/picture_arrays.py
+computed. Nothing here sees a model."""
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
@@ -8,13 +9,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pathlib import Path  # noqa: E402
-from statistics import NormalDist  # noqa: E402
 
 from kit.atomic_files import atomic_path  # noqa: E402
-from kit.evaluate import decode_images, posterior_means  # noqa: E402
-
-# The temperatures of samples_temperatures.png (the hierarchical VAE): one row each, the same noise.
-SAMPLE_TEMPERATURES = (0.0, 0.5, 0.7, 0.85, 1.0)
 
 LOSS_PANELS = (("loss", "Total loss (−ELBO with training β)"),
                ("reconstruction_loss", "Reconstruction (nats/image)"),
@@ -170,115 +166,62 @@ def write_loss_curves(history, outdir, title, model_note):
                            f"{title} — {model_note}, epoch {history[-1]['epoch']}")
 
 
-def write_pictures(model, splits, outdir, title, gmm, seed=0, z_test=None, reconstructions=None,
-                   temperature=1.0):
+def write_pictures(arrays, splits, outdir, title, temperature=1.0):
     """samples (prior, its std times `temperature`, and GMM), reconstructions, latent space,
-    interpolations (+ manifold for a 2-D latent); z_test and reconstructions of the test split when
-    the caller has them already."""
+    interpolations (+ manifold for a 2-D latent), from `arrays` (kit/picture_arrays.py); `splits`
+    gives the test images, their labels and class names."""
     outdir = Path(outdir)
-    rng = np.random.default_rng(seed)
-    latent = model.latent_dim
-    eps = rng.standard_normal((100, latent))
     prior = "N(0, I)" if temperature == 1.0 else f"N(0, {temperature:g}² I)"
-    plot_image_grid(decode_images(model, eps * temperature if temperature != 1.0 else eps),
-                    outdir / "samples.png", f"Samples from z ~ {prior} — {title}")
-    plot_image_grid(decode_images(model, gmm.sample(100, seed)), outdir / "samples_gmm.png",
-                    f"Samples from a {len(gmm.weights)}-component GMM of the training codes — {title}")
-
-    if z_test is None:
-        z_test = posterior_means(model, splits.x_test)
-    if reconstructions is None:
-        reconstructions = decode_images(model, z_test[:30])
-    plot_reconstructions(splits.x_test[:30], reconstructions[:30], outdir / "reconstructions.png",
+    plot_image_grid(arrays.samples, outdir / "samples.png", f"Samples from z ~ {prior} — {title}")
+    plot_image_grid(arrays.samples_gmm, outdir / "samples_gmm.png",
+                    f"Samples from a {arrays.gmm_components}-component GMM of the training codes — {title}")
+    plot_reconstructions(splits.x_test[:len(arrays.reconstructions)], arrays.reconstructions,
+                         outdir / "reconstructions.png",
                          f"Test images and reconstructions (posterior mean) — {title}")
-
+    latent = arrays.latent_means.shape[1]
     how = "" if latent == 2 else f" (PCA of {latent} dims)"
-    plot_latent_space(z_test, splits.y_test, splits.class_names, outdir / "latent_space.png",
-                            f"Test-set posterior means{how} — {title}")
-
-    if latent == 2:
-        grid = gaussian_quantiles(15)
-        zz = np.array([[x, y] for y in grid[::-1] for x in grid], dtype=np.float32)
-        plot_latent_manifold(decode_images(model, zz), grid, outdir / "latent_manifold.png",
-                                   f"Decoder over Gaussian quantiles of z — {title}")
-
-    plot_interpolations(lambda z: decode_images(model, z), z_test, splits, rng, outdir / "interpolations.png",
+    plot_latent_space(arrays.latent_means, splits.y_test, splits.class_names, outdir / "latent_space.png",
+                      f"Test-set posterior means{how} — {title}")
+    if arrays.manifold is not None:
+        plot_latent_manifold(arrays.manifold, arrays.manifold_grid, outdir / "latent_manifold.png",
+                             f"Decoder over Gaussian quantiles of z — {title}")
+    plot_interpolations(arrays, splits, outdir / "interpolations.png",
                         f"Interpolations between posterior means — {title}")
 
 
-def write_hierarchical_pictures(model, splits, outdir, title, metrics, seed=0, temperature=1.0,
-                                reconstructions=None):
-    """The hierarchical VAE's pictures: samples at `temperature`, the same noise at the
-    SAMPLE_TEMPERATURES, reconstructions (every group at its posterior mean), the KL per group
-    (from metrics' kl_per_group), the top group's posterior means (PCA) and interpolations between
-    them with the finer groups at their prior means. No GMM samples and no latent manifold: both
-    are for one latent vector (README, Hierarchical VAE)."""
+def write_hierarchical_pictures(arrays, splits, outdir, title, metrics, temperature=1.0):
+    """The hierarchical VAE's pictures: samples at `temperature`, the same noise at several
+    temperatures, reconstructions (every group at its posterior mean), the KL per group (from
+    metrics' kl_per_group), the top group's posterior means (PCA) and interpolations between them
+    with the finer groups at their prior means."""
     outdir = Path(outdir)
-    rng = np.random.default_rng(seed)
-    plot_image_grid(model.sample(100, temperature=temperature, seed=seed), outdir / "samples.png",
+    plot_image_grid(arrays.samples, outdir / "samples.png",
                     f"Samples from the prior, temperature {temperature:g} — {title}")
-    noise = model.draw_noise(10, seed)
-    rows = np.stack([model.sample(10, temperature=t, noise=noise) for t in SAMPLE_TEMPERATURES])
-    plot_image_rows(rows, [f"T = {t:g}" for t in SAMPLE_TEMPERATURES], outdir / "samples_temperatures.png",
-                    f"The same latent noise at temperatures {', '.join(f'{t:g}' for t in SAMPLE_TEMPERATURES)} "
+    temperatures = arrays.temperatures
+    plot_image_rows(arrays.temperature_rows, [f"T = {t:g}" for t in temperatures],
+                    outdir / "samples_temperatures.png",
+                    f"The same latent noise at temperatures {', '.join(f'{t:g}' for t in temperatures)} "
                     f"(each group's prior std times T) — {title}")
-
-    if reconstructions is None:
-        reconstructions = model.reconstruct(splits.x_test[:30])
-    plot_reconstructions(splits.x_test[:30], reconstructions[:30], outdir / "reconstructions.png",
+    plot_reconstructions(splits.x_test[:len(arrays.reconstructions)], arrays.reconstructions,
+                         outdir / "reconstructions.png",
                          f"Test images and reconstructions (every group at its posterior mean) — {title}")
     plot_kl_per_group(metrics["kl_per_group"], outdir / "kl_per_group.png",
                       f"KL per latent group: which groups the model uses — {title}")
-
-    top = posterior_means(model, splits.x_test)  # the top group's posterior means, flattened
-    side, channels = model.latent_shapes[0][0], model.latent_shapes[0][2]
+    top = arrays.latent_means
+    side, channels = arrays.top_group_shape[0], arrays.top_group_shape[2]
     how = "" if top.shape[1] == 2 else f", PCA of {top.shape[1]} dims"
     plot_latent_space(top, splits.y_test, splits.class_names, outdir / "latent_space.png",
                       f"Test-set posterior means of the top latent group ({side}×{side}×{channels}{how}) — {title}")
-
-    plot_interpolations(lambda z: decode_top_group(model, z), top, splits, rng, outdir / "interpolations.png",
+    plot_interpolations(arrays, splits, outdir / "interpolations.png",
                         f"Interpolations between the top group's posterior means, finer groups at their prior "
                         f"means — {title}")
 
 
-def plot_interpolations(decode, z_test, splits, rng, path, title):
-    """Rows of decode() along straight lines between the codes of test images of different classes."""
-    pairs = interpolation_pairs(splits.y_test, rows=8, rng=rng)
-    steps = np.linspace(0.0, 1.0, 10, dtype=np.float32)[:, None]
-    images = decode(np.concatenate([(1 - steps) * z_test[a] + steps * z_test[b] for a, b in pairs]))
-    rows = images.reshape(len(pairs), len(steps), *images.shape[1:])  # one decode call for all rows
+def plot_interpolations(arrays, splits, path, title):
+    """arrays.interpolations, one row per pair of test images, labelled with their classes."""
     labels = [f"{splits.class_names[splits.y_test[a]]} → {splits.class_names[splits.y_test[b]]}"
-              for a, b in pairs]
-    plot_image_rows(rows, labels, path, title)
-
-
-def decode_top_group(model, z_top):
-    """Mean images for given values of the top (coarsest) latent group, flattened as (n, h*w*c),
-    with every finer group at its prior mean given the groups above it (temperature 0). The top
-    group's prior does not depend on the image, so z_top becomes its noise: (z - p_mean) / p_std."""
-    first = model.latent_statistics(np.zeros((1, *model.image_shape), np.float32), model.draw_noise(1))[0]
-    z = np.asarray(z_top, np.float32).reshape(len(z_top), *model.latent_shapes[0])
-    noise = [(z - first["p_mean"]) * np.exp(-first["p_log_std"])]
-    noise += [np.zeros((len(z), *shape), np.float32) for shape in model.latent_shapes[1:]]
-    temperatures = [1.0] + [0.0] * (len(model.latent_shapes) - 1)
-    return model.sample(len(z), temperature=temperatures, noise=noise)
-
-
-def gaussian_quantiles(n):
-    """n points of N(0, 1) at evenly spaced probabilities, so the grid covers the prior evenly."""
-    return np.array([NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, n)])
-
-
-def interpolation_pairs(labels, rows, rng):
-    """`rows` pairs of test indices whose classes differ (any two, when all share one class)."""
-    if len(np.unique(labels)) < 2:
-        return [tuple(int(i) for i in rng.integers(len(labels), size=2)) for _ in range(rows)]
-    pairs = []
-    while len(pairs) < rows:
-        a, b = rng.integers(len(labels), size=2)
-        if labels[a] != labels[b]:
-            pairs.append((int(a), int(b)))
-    return pairs
+              for a, b in arrays.interpolation_pairs]
+    plot_image_rows(arrays.interpolations, labels, path, title)
 
 
 def feature_net_label(metrics):
@@ -291,8 +234,9 @@ def feature_net_label(metrics):
     return "this machine's own features, not comparable with the kit's shipped network"
 
 
-def format_metrics(metrics):
-    """A small aligned table of the headline numbers."""
+def metric_rows(metrics):
+    """(label, key, value, unit) of each headline number `metrics` holds, in the printed order,
+    labels indented two spaces a level; a heading's key and value are None."""
     rows = [("test −ELBO", "test_neg_elbo", "nats/image"),
             ("  reconstruction", "test_reconstruction", "nats/image"),
             ("  KL", "test_kl", "nats/image"),
@@ -319,15 +263,21 @@ def format_metrics(metrics):
             ("  test reconstructions", "fd_reconstructions", ""),
             ("  real training images (ideal)", "fd_train_vs_test", ""),
             ("feature network test accuracy", "feature_net_test_accuracy", "")]
-    lines = []
+    out = []
     for label, key, unit in rows:
         value = metrics.get(key)
         if key is None and metrics.get("fd_images"):  # a heading
-            lines.append(f"  {label}")
+            out.append((label, None, None, ""))
         elif value is not None:
-            lines.append(f"  {label:<36} {value:>10.4f}  {unit}")
+            out.append((label, key, value, unit))
         if key == "test_kl":  # the hierarchical VAE's groups, coarse to fine
             for group in metrics.get("kl_per_group") or []:
-                name = f"    group {group['group']} ({group['resolution']}×{group['resolution']})"
-                lines.append(f"  {name:<36} {group['kl']:>10.4f}  nats/image")
-    return "\n".join(lines)
+                out.append((f"    group {group['group']} ({group['resolution']}×{group['resolution']})",
+                            "kl_per_group", group["kl"], "nats/image"))
+    return out
+
+
+def format_metrics(metrics):
+    """A small aligned table of the headline numbers."""
+    return "\n".join(f"  {label}" if value is None else f"  {label:<36} {value:>10.4f}  {unit}"
+                     for label, _, value, unit in metric_rows(metrics))

@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import resource
+import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -26,8 +27,10 @@ from kit.guards import estimate_for, free_space_warning, is_chief, is_int
 from kit import sample_quality
 from kit.evaluate import EVAL_BATCH, compute_metrics, decode_images, posterior_means, reconstruct, to_uint8
 from kit.models import KIT_MODELS, describe, is_hierarchical, latent_groups_note
+from kit.picture_arrays import picture_arrays
 from kit.pictures import format_metrics, write_hierarchical_pictures, write_loss_curves, write_pictures
 from kit.pipeline import shuffled_batches
+from kit.report import write_report
 
 
 # --- runtime ------------------------------------------------------------------------------------
@@ -81,15 +84,18 @@ def describe_runtime(config):
 # --- data ---------------------------------------------------------------------------------------
 
 def load_data(config, spec):
-    """The data set's splits (--limit applied); prints where they came from and any warnings, and
-    refuses at once an own cached feature network made from other data (not after training)."""
+    """The data set's splits (--limit applied); prints where they came from and, in one line,
+    whether they are a modified copy; refuses at once an own cached feature network made from other
+    data (not after training)."""
     splits = spec.load(config.data_dir)
     if config.validation_images >= len(splits.x_train):
         raise UsageError(f"--validation-images {config.validation_images} leaves no training images "
                          f"(the training split has {len(splits.x_train)})")
     splits = splits.hold_out(config.validation_images, config.seed).limit(config.limit)
-    for warning in splits.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    if splits.warnings:  # one line; config.json and metrics.json keep every file's
+        print(f"warning: {splits.source}: {len(splits.warnings)} of its {len(splits.sha256)} {spec.title} files "
+              f"differ from the official ones, a modified copy: results do not compare with {spec.title}'s "
+              f"(data_warnings in config.json and metrics.json name them)", file=sys.stderr)
     print(f"Data: {splits.source} — {len(splits.x_train)} train / {len(splits.x_val)} validation "
           f"(held out of the training split) / {len(splits.x_test)} test images")
     if config.fd_images and config.feature_net == "own" and not config.refresh_feature_net:
@@ -235,7 +241,7 @@ def start_run_folder(config, spec, splits):
         return
     outdir = Path(config.outdir)
     if not config.resume:  # and the pictures that only one architecture (or a 2-D latent) draws
-        for stale in ("metrics.json", "model.keras", "latent_gmm.npz", "history.csv",
+        for stale in ("metrics.json", "report.html", "model.keras", "latent_gmm.npz", "history.csv",
                       "checkpoint/state.json", "samples_gmm.png", "latent_manifold.png",
                       "samples_temperatures.png", "kl_per_group.png"):
             (outdir / stale).unlink(missing_ok=True)
@@ -331,8 +337,8 @@ def fit_latent_gmm(model, config, splits):
 @dataclass
 class Evaluation:
     """What evaluate() measured and what the pictures reuse: the test split's posterior means and
-    their decoder mean images, computed once. For the hierarchical VAE z_test is None (the
-    pictures ask for its top group's posterior means themselves) and the reconstructions come from
+    their decoder mean images, computed once. For the hierarchical VAE z_test is None
+    (picture_arrays computes its top group's posterior means) and the reconstructions come from
     its reconstruct: every group at its posterior mean."""
     metrics: dict
     z_test: object  # np.ndarray, or None
@@ -366,6 +372,7 @@ def evaluate(model, config, spec, splits, history, gmm):
                    data_source=splits.source, data_warnings=splits.warnings,
                    epochs=history[-1]["epoch"] if history else None,
                    train_seconds=sum(seconds) if seconds and None not in seconds else None)
+    metrics.update(data_title=data_title(spec, splits), model=describe(model))  # for report.html
     print(format_metrics(metrics))
     return Evaluation(metrics, z_test, reconstructions)
 
@@ -388,8 +395,10 @@ def feature_network(config, spec, splits):
 
 
 def save_metrics(config, metrics):
-    """metrics.json, written last: a run folder that has it holds a finished run. Lists the outputs."""
+    """report.html, then metrics.json, written last: a run folder that has it holds a finished run.
+    Lists the outputs."""
     outdir = Path(config.outdir)
+    write_report(outdir, metrics, command_line())
     write_json(outdir / "metrics.json", metrics)
     print(f"\nOutputs written to {outdir}/:")
     for path in sorted(outdir.iterdir()):
@@ -397,23 +406,28 @@ def save_metrics(config, metrics):
             print(f"  {path.name}")
 
 
+def command_line():
+    """This run's command, as a user would type it again."""
+    return shlex.join(["python", Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
 def draw_pictures(model, config, spec, splits, history, gmm, evaluation):
     """Loss curves (for --eval-only and --resume; a fresh run's last epoch drew them), samples from
-    the prior and from the GMM, reconstructions, latent space, interpolations (the test codes and
-    reconstructions from `evaluation`)."""
+    the prior and from the GMM, reconstructions, latent space, interpolations: the arrays decoded
+    once (reusing the test codes and reconstructions of `evaluation`), then drawn."""
     outdir = Path(config.outdir)
     title = data_title(spec, splits)
     if history and (config.eval_only or config.resume):
         write_loss_curves(history, outdir, title, describe(model))
     epoch_note = f", epoch {history[-1]['epoch']}" if history else ""
+    arrays = picture_arrays(model, splits, gmm, evaluation.z_test, evaluation.reconstructions,
+                            seed=config.seed, temperature=config.temperature)
     if is_hierarchical(model):  # no GMM; samples at several temperatures, the KL of each group
-        write_hierarchical_pictures(model, splits, outdir, f"{title}{epoch_note}", evaluation.metrics,
-                                    seed=config.seed, temperature=config.temperature,
-                                    reconstructions=evaluation.reconstructions)
-        return
-    write_pictures(model, splits, outdir, f"{title}{epoch_note}, {describe(model)}",
-                   gmm, seed=config.seed, z_test=evaluation.z_test,
-                   reconstructions=evaluation.reconstructions, temperature=config.temperature)
+        write_hierarchical_pictures(arrays, splits, outdir, f"{title}{epoch_note}", evaluation.metrics,
+                                    temperature=config.temperature)
+    else:
+        write_pictures(arrays, splits, outdir, f"{title}{epoch_note}, {describe(model)}",
+                       temperature=config.temperature)
 
 
 def read_history(path):

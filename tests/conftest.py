@@ -102,8 +102,10 @@ def cifar_dir(tmp_path_factory):
 
 
 def run_script(script, *args, timeout=240, env=None):
-    """Run a dataset script from the repo root; returns the CompletedProcess (text output)."""
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", **(env or {})}
+    """Run a dataset script from the repo root; returns the CompletedProcess (text output). The
+    script's TensorFlow log level is its own default, as a user's (kit/quiet_start.py)."""
+    full_env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    full_env = {**full_env, "PYTHONUNBUFFERED": "1", **(env or {})}
     if "--validation-images" not in map(str, args):
         args = (*TEST_VALIDATION, *args)
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
@@ -187,3 +189,48 @@ def peak_memory_growth_mb(setup, measured, timeout=240):
     grown_mb = float(result.stdout.split()[-1])
     print(f"peak growth of {measured!r}: {grown_mb:.1f} MB")  # shown with pytest -s
     return grown_mb
+
+
+# Written into a copy of a page for the browser test only (report.html itself holds no script):
+# once every image has loaded or failed, each <img>'s src and naturalWidth, as JSON in <pre id=images>.
+IMAGE_CHECK = """<script>
+window.addEventListener("load", () => {
+  const out = document.createElement("pre");
+  out.id = "images";
+  out.textContent = JSON.stringify([...document.images].map(i => [i.getAttribute("src"), i.naturalWidth]));
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def chromium_or_skip():
+    """The headless browser (Debian's chromium package; .ci/run installs it), or skip saying so."""
+    import shutil
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not found:
+        pytest.skip("no headless Chromium (apt-get install chromium) to render report.html in")
+    return found
+
+
+def render_page(page, screenshot, timeout=120):
+    """(the <img> src and naturalWidth pairs of `page` as headless Chromium loaded them, the text of
+    its DOM); writes a screenshot of the page, 1280 pixels wide, to `screenshot`."""
+    import re
+    browser, page = chromium_or_skip(), Path(page)
+    check = page.with_name(".browser_check.html")  # beside the page: its pictures' relative paths hold
+    check.write_text(page.read_text().replace("</body>", IMAGE_CHECK + "</body>"))
+    with tempfile.TemporaryDirectory() as profile:
+        flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                 f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
+        try:
+            dom = subprocess.run([*flags, "--dump-dom", check.as_uri()], capture_output=True, text=True,
+                                 timeout=timeout)
+            shot = subprocess.run([*flags, "--window-size=1280,2200", f"--screenshot={screenshot}",
+                                   page.as_uri()], capture_output=True, text=True, timeout=timeout)
+        finally:
+            check.unlink()
+    assert dom.returncode == 0 and shot.returncode == 0, (dom.stderr + shot.stderr)[-2000:]
+    found = re.search(r'<pre id="images">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stdout[-2000:]
+    import html
+    return json.loads(html.unescape(found.group(1))), dom.stdout

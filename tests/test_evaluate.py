@@ -140,7 +140,7 @@ def test_kl_term_of_metrics_is_the_closed_form(tiny_model):
 
 def test_the_test_split_is_encoded_once_for_metrics_and_pictures(tmp_path, monkeypatch):
     from conftest import write_fashion_mnist
-    from kit import pictures, run
+    from kit import picture_arrays, run
     from kit.config import parse_config
     from kit.data import load_fashion_mnist
     from vae_fashion_mnist import FASHION_MNIST
@@ -155,7 +155,7 @@ def test_the_test_split_is_encoded_once_for_metrics_and_pictures(tmp_path, monke
         encoded.append(len(x))
         return kit.evaluate.posterior_means(model, x, batch_size)
 
-    for module in (run, pictures):
+    for module in (run, picture_arrays):
         monkeypatch.setattr(module, "posterior_means", counting_posterior_means)
     gmm = run.fit_latent_gmm(model, config, splits)
     evaluation = run.evaluate(model, config, FASHION_MNIST, splits, [], gmm)

@@ -77,7 +77,7 @@ def test_prior_samples_follow_the_temperature_and_the_gmm_is_skipped(tiny, tmp_p
 
 def test_interpolations_decode_the_top_group_with_finer_groups_at_their_prior_means(tiny):
     import tensorflow as tf
-    from kit.pictures import decode_top_group
+    from kit.picture_arrays import decode_top_group
     stats = tiny.latent_statistics(images(1), tiny.draw_noise(1))[0]
     # The top group at its prior mean, the rest at theirs: the temperature-0 sample.
     np.testing.assert_allclose(decode_top_group(tiny, stats["p_mean"].reshape(1, -1)), tiny.sample(1, 0.0),
@@ -178,6 +178,11 @@ def test_cifar_script_writes_every_output(cifar_run):
     assert metrics["fd_images"] == 16 and metrics["fd_gmm_samples"] is None
     assert all(np.isfinite(metrics[k]) for k in ("fd_prior_samples", "fd_reconstructions", "fd_train_vs_test"))
     assert "group 1 (8×8)" in result.stdout  # the printed table lists each group's KL
+    report = (outdir / "report.html").read_text()  # the page's KL table; tests/test_scripts.py renders one
+    for group in metrics["kl_per_group"]:
+        assert f"<td>{group['group']}</td><td>{group['resolution']}×{group['resolution']}</td>" in report
+        assert f"{group['kl']:.4f}" in report
+    assert all(f'<img src="{name}"' in report for name in PICTURES) and "samples_gmm.png" not in report
 
 
 @pytest.mark.slow
@@ -204,6 +209,7 @@ def test_eval_only_reproduces_the_runs_metrics(cifar_run, cifar_dir, tmp_path):
         assert after[key] == before[key], key
     for name in PICTURES:
         assert png_size(tmp_path / name)[0] > 200, name
+    assert "--eval-only" in (tmp_path / "report.html").read_text()
 
 
 @pytest.mark.slow
@@ -224,3 +230,4 @@ def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(cifar_run,
     np.testing.assert_allclose([[row[c] for c in LOSS_COLUMNS] for row in history],
                                [[row[c] for c in LOSS_COLUMNS] for row in straight], rtol=HISTORY_RTOL)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
+    assert "--resume --outdir" in (tmp_path / "run" / "report.html").read_text()

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_MODEL, png_size, run_in_process
+from conftest import TINY_MODEL, png_size, render_page, run_in_process
 from kit.atomic_files import read_csv
 
 pytestmark = pytest.mark.slow  # end to end, in subprocesses: `pytest -m "not slow"` skips them
@@ -81,6 +81,21 @@ def test_fashion_script_writes_every_output(fashion_run, fashion_dir):
     assert "Fréchet distance to 128 test images" in result.stdout
 
 
+def test_the_report_page_shows_every_picture_and_the_metrics_in_a_browser(fashion_run, tmp_path):
+    """report.html rendered by headless Chromium: every picture of the folder loaded (naturalWidth > 0),
+    the headline numbers, the command and the data on the page; and a screenshot of it."""
+    outdir, _ = fashion_run
+    images, dom = render_page(outdir / "report.html", tmp_path / "report.png")
+    assert sorted(src for src, _ in images) == sorted(p.name for p in outdir.glob("*.png"))
+    assert len(images) == len(PICTURES) + 1 and all(width > 200 for _, width in images), images
+    metrics = json.loads((outdir / "metrics.json").read_text())
+    for key in ("test_neg_elbo", "test_iwae_nll", "test_psnr_db", *FD_KEYS):
+        assert f"{metrics[key]:.4f}" in dom, key
+    assert "nats/image" in dom and "bits/dim" in dom and "test split (128 images)" in dom
+    assert "vae_fashion_mnist.py --validation-images 32 --data-dir" in dom and "Fashion-MNIST (modified copy)" in dom
+    assert png_size(tmp_path / "report.png")[0] == 1280
+
+
 def test_eval_only_reproduces_the_metrics_of_the_run(fashion_run, fashion_dir, tmp_path):
     outdir, _ = fashion_run
     result = run_in_process("vae_fashion_mnist.py", "--eval-only", outdir / "model.keras", "--data-dir",
@@ -99,6 +114,8 @@ def test_eval_only_reproduces_the_metrics_of_the_run(fashion_run, fashion_dir, t
     assert after["feature_net"] == before["feature_net"]
     for name in PICTURES:
         assert png_size(tmp_path / name)[0] > 200
+        assert f'<img src="{name}"' in (tmp_path / "report.html").read_text()
+    assert "--eval-only" in (tmp_path / "report.html").read_text()
 
 
 def test_eval_only_rejects_a_model_of_the_other_dataset(fashion_run, cifar_dir, tmp_path):
@@ -127,7 +144,9 @@ def test_cifar_script_writes_every_output(cifar_dir, tmp_path):
     assert not (tmp_path / "latent_manifold.png").exists()  # only for a 2-D latent
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test_images"] == 64 and metrics["dataset"] == "cifar10"
-    assert "differs from the official file" in result.stderr  # test files are not the official ones
+    # The test files are not the official ones: one line says so, config.json names each file.
+    assert "6 of its 6 CIFAR-10 files differ from the official ones" in result.stderr
+    assert len(json.loads((tmp_path / "config.json").read_text())["data_warnings"]) == 6
 
 
 @pytest.mark.parametrize("args, message", [
