@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kit.atomic_files import remove_leftover_temporaries
-from kit.errors import DamagedRunError, LockedError
+from kit.errors import DamagedRunError, LockedError, UsageError
 from kit.model_options import decoder_output_channels, resolution_chain
 
 LOCK_NAME = ".lock"
@@ -55,9 +55,13 @@ def outdir_lock(outdir):
     since unlinking a locked file would let two processes lock two different files.
     """
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:  # checked before (folder_problem), but the file system may have changed since
+        outdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise UsageError(f"--outdir {outdir} cannot be written: cannot make {err.filename or path}: "
+                         f"{err.strerror or err}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -132,8 +136,9 @@ def _lexists(path):
 def folder_problem(folder):
     """None if `folder` is a writable folder or can be made one, else why not (one clause).
 
-    Creates nothing: checks the nearest existing ancestor, the length of every name still to be
-    made (NAME_MAX) and of the whole path (PATH_MAX), and write permission.
+    Checks the nearest existing ancestor, the length of every name still to be made (NAME_MAX) and
+    of the whole path (PATH_MAX) and write permission, then makes the missing folders (a read-only
+    or virtual file system such as /proc refuses only then) and removes them again.
     """
     path = Path(folder).absolute()
     existing = next(p for p in (path, *path.parents) if _lexists(p))
@@ -150,6 +155,26 @@ def folder_problem(folder):
                 f"the {path_max} bytes its file system allows")
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"permission denied on {existing}"
+    return creation_problem(path, existing)
+
+
+def creation_problem(path, existing):
+    """None if the folders from `existing` (an ancestor of `path`) down to `path` can be made, else
+    the OS's reason, naming the folder. Makes them to find out, then removes the ones it made."""
+    missing = [p for p in (path, *path.parents) if p != existing and existing in p.parents]
+    made = []
+    try:
+        for folder in reversed(missing):  # the outermost first
+            folder.mkdir()
+            made.append(folder)
+    except OSError as err:
+        return f"cannot make {folder}: {err.strerror or err}"
+    finally:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:  # someone else's file in it by now: it is theirs
+                break
     return None
 
 

@@ -468,6 +468,45 @@ def test_an_outdir_name_too_long_is_refused_before_anything_is_made(tmp_path):
     assert list(tmp_path.iterdir()) == []  # not even the missing parent
 
 
+# Folders that pass every check short of making them: a virtual file system (/proc) and sysfs,
+# where even root's mkdir fails (ENOENT and EPERM), though os.access says they may be written.
+UNMAKEABLE = ["/proc/vae-kit-test/run", "/sys/vae-kit-test/run"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", UNMAKEABLE)
+def test_an_outdir_that_cannot_be_made_is_refused_in_one_line(tmp_path, folder):
+    result = run_in_process(FASHION, "--outdir", folder, "--epochs", 1, timeout=60)
+    line = assert_one_line(result, 2)
+    assert f"--outdir {folder} cannot be written: cannot make {Path(folder).parent}: " in line, line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", UNMAKEABLE)
+def test_a_feature_cache_that_cannot_be_made_is_refused_before_training(fashion_dir, tmp_path, folder):
+    outdir = tmp_path / "out"
+    result = run_in_process(FASHION, "--data-dir", fashion_dir, "--epochs", 1, "--limit", 64, "--outdir",
+                            outdir, *TINY_MODEL, timeout=60, env={"VAE_KIT_CACHE": folder})
+    line = assert_one_line(result, 2)
+    assert f"cannot be cached in {folder}/feature-nets/fashion_mnist: cannot make {Path(folder).parent}: " in line
+    assert "Epoch 1" not in result.stdout and not outdir.exists()
+
+
+def test_the_folder_check_removes_the_folders_it_made(tmp_path):
+    from kit.guards import folder_problem
+    assert folder_problem(tmp_path / "a" / "b" / "c") is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_lock_of_a_folder_that_cannot_be_made_is_one_line():
+    """Should the file system change after the check, taking the lock still says why in one line."""
+    from kit.errors import UsageError
+    from kit.guards import outdir_lock
+    with pytest.raises(UsageError, match="^--outdir /proc/vae-kit-test cannot be written: cannot make "):
+        with outdir_lock("/proc/vae-kit-test"):
+            pass
+
+
 DAMAGED_HISTORIES = ["epoch,loss\n1,abc\n", "epoch,loss\n1,2.0,3.0\n", "loss\n2.0\n", "\xff\xfe not text",
                      "epoch,loss\n2,1.0\n"]
 
