@@ -193,8 +193,8 @@ def build_parser(spec):
                    help="hierarchical: encoder residual blocks, one count or one per resolution")
     p.add_argument("--latent-channels", type=int, metavar="C", help="hierarchical: channels of each latent group")
     p.add_argument("--latent-resolutions", type=int_list, metavar="R1,..",
-                   help="hierarchical: the resolution of every latent group, coarse first (repeat one "
-                        "for several groups there)")
+                   help="hierarchical: the resolution of every latent group (repeat one for several "
+                        "groups there); in any order, recorded coarse first as the model builds them")
     p.add_argument("--grad-clip", type=float, metavar="NORM",
                    help="hierarchical: clip the gradient's global norm (of the per-image loss) to NORM; "
                         "0 = off (default VDVAE's 200 per dimension)")
@@ -240,7 +240,7 @@ def parse_config(spec, argv=None):
 
     Raises UsageError (exit 2) for a bad option, before any data is loaded or file written.
     """
-    explicit = vars(build_parser(spec).parse_args(argv))
+    explicit = in_canonical_order(vars(build_parser(spec).parse_args(argv)))
     preset = explicit.get("preset", "default")
     defaults = {**RUN_DEFAULTS, **spec.presets[preset], "outdir": spec.default_outdir,
                 "preset": preset}
@@ -258,11 +258,19 @@ def parse_config(spec, argv=None):
             raise DamagedRunError(f"the checkpoint in {values['outdir']} is damaged: config.json: "
                                   f"{problem}")
         values = {**values, **saved, **explicit}
-    config = Config(**values, dataset=spec.name, explicit=frozenset(explicit))
+    config = Config(**in_canonical_order(values), dataset=spec.name, explicit=frozenset(explicit))
     problem = find_problem(config, spec)
     if problem:
         raise UsageError(problem)
     return config
+
+
+def in_canonical_order(values):
+    """The options with the latent groups' resolutions coarse first, the order the hierarchical VAE
+    builds them in: 14,7,1 and 1,7,14 are one model, recorded and compared as 1,7,14."""
+    if isinstance(values.get("latent_resolutions"), list):
+        return {**values, "latent_resolutions": sorted(values["latent_resolutions"])}
+    return values
 
 
 def saved_options(outdir, explicit, spec):
@@ -286,6 +294,7 @@ def saved_options(outdir, explicit, spec):
         if not has_type(value, FIELD_TYPES[name]):
             raise DamagedRunError(f"the checkpoint in {outdir} is damaged: config.json: {name} is "
                                   f"{value!r}, not {type_name(FIELD_TYPES[name])}")
+    saved = in_canonical_order(saved)  # a run from before the order was canonical
     for name, value in explicit.items():
         if name in saved and name not in RESUMABLE and value != saved[name]:
             raise UsageError(f"{option(name)} {shown(value)} does not match the run in {outdir} "

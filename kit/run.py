@@ -191,7 +191,7 @@ def described_options(model, config):
     said = "hierarchical" if config.arch == "hierarchical" else "plain or resnet"
     rows = [("arch", said, arch), ("likelihood", config.likelihood, model.likelihood)]
     if is_hierarchical(model) and config.arch == "hierarchical":
-        rows += [("latent_resolutions", sorted(config.latent_resolutions), model.group_resolutions),
+        rows += [("latent_resolutions", config.latent_resolutions, model.group_resolutions),
                  ("latent_channels", config.latent_channels, model.latent_channels)]
     elif arch == said:
         rows.append(("latent_dim", config.latent_dim, model.latent_dim))
