@@ -1,6 +1,7 @@
 """Writing files so that a crash never leaves a half-written one: write beside, then rename."""
 import csv
 import errno
+import hashlib
 import io
 import json
 import os
@@ -47,6 +48,15 @@ def write_error_message(err, path):
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full while writing {path}"
     return f"cannot write {path}: {err.strerror or err}"
+
+
+def file_sha256(path):
+    """The hex SHA-256 of a file's bytes, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text(path, text):

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kit.atomic_files import remove_leftover_temporaries
+from kit.atomic_files import file_sha256, remove_leftover_temporaries
 from kit.errors import DamagedRunError, LockedError, UsageError
 from kit.model_options import decoder_output_channels, resolution_chain
 
@@ -504,8 +504,29 @@ def state_problem(state, checkpoint_dir):
         return f"model file {name} is empty"
     if not zipfile.is_zipfile(path):
         return f"model file {name} is not a .keras archive (cut short or overwritten)"
+    problem = digest_problem(path, state.get("model_sha256"), "state.json")
+    if problem:
+        return problem
     if not isinstance(seeds, list) or not seeds or not all(map(is_int, seeds)):
         return f"sampling_seed_state must be a list of integers, got {seeds!r}"
+    return None
+
+
+def is_sha256(value):
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def digest_problem(path, recorded, where):
+    """None if the file at `path` has the SHA-256 `recorded` (in `where`) when it was written, else
+    what is wrong: damage that still parses (bytes changed inside the weights) must not be trained
+    on or evaluated. A file from before digests were recorded (`recorded` None) passes."""
+    if recorded is None:
+        return None
+    if not is_sha256(recorded):
+        return f"{where} records the SHA-256 of {Path(path).name} as {recorded!r}, not 64 hex digits"
+    if file_sha256(path) != recorded:
+        return (f"{Path(path).name} has changed since it was written: its SHA-256 differs from the one "
+                f"{where} recorded")
     return None
 
 

@@ -16,13 +16,13 @@ import numpy as np
 import tensorflow as tf
 
 import common  # noqa: F401  (registers the model classes for keras.models.load_model)
-from kit.atomic_files import atomic_path, read_csv, write_json
+from kit.atomic_files import atomic_path, file_sha256, read_csv, write_json, write_text
 from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, StopOnNonFinite,
                            StopOnSignal, first_line, load_checkpoint, load_model_file,
                            stop_on_signal_at_once)
 from kit.config import GMM_FIT_IMAGES, data_problem
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
-from kit.guards import estimate_for, free_space_warning, is_chief, is_int
+from kit.guards import digest_problem, estimate_for, free_space_warning, is_chief, is_int
 from kit import sample_quality
 from kit.evaluate import EVAL_BATCH, compute_metrics, decode_images, posterior_means, reconstruct, to_uint8
 from kit.models import KIT_MODELS, describe, is_hierarchical, latent_groups_note
@@ -212,6 +212,9 @@ def evaluated_epoch(outdir):
 def load_saved_model(config, spec):
     """The --eval-only .keras VAE, checked to fit this data set."""
     path = config.eval_only
+    problem = digest_problem(path, recorded_digest(path), digest_path(path).name)
+    if problem:
+        raise UsageError(f"cannot load {path} as a VAE: {problem} (damaged?)")
     model = load_model_file(path, lambda why: UsageError(f"cannot load {path} as a VAE: {why}"))
     if not isinstance(model, KIT_MODELS):  # common.VAE or the hierarchical VAE
         raise UsageError(f"{path} is a Keras model, but not one of this kit's VAEs")
@@ -235,7 +238,7 @@ def start_run_folder(config, spec, splits):
         return
     outdir = Path(config.outdir)
     if not config.resume:  # and the pictures that only one architecture (or a 2-D latent) draws
-        for stale in ("metrics.json", "model.keras", "latent_gmm.npz", "history.csv",
+        for stale in ("metrics.json", "model.keras", "model.keras.sha256", "latent_gmm.npz", "history.csv",
                       "checkpoint/state.json", "samples_gmm.png", "latent_manifold.png",
                       "samples_temperatures.png", "kl_per_group.png"):
             (outdir / stale).unlink(missing_ok=True)
@@ -309,8 +312,30 @@ def finish_hint_on_stop(config, history):
 
 
 def save_model(model, config):
-    with atomic_path(Path(config.outdir) / "model.keras") as tmp:
+    """model.keras, then model.keras.sha256 (sha256sum's format), which --eval-only checks: damage
+    that still loads must not be evaluated. The old digest goes first, so none is ever stale."""
+    path = Path(config.outdir) / "model.keras"
+    digest_path(path).unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
         model.save(tmp)
+    write_text(digest_path(path), f"{file_sha256(path)}  {path.name}\n")
+
+
+def digest_path(model_path):
+    """Where the SHA-256 of a model file that a run saved is kept: beside it, + .sha256."""
+    return Path(f"{model_path}.sha256")
+
+
+def recorded_digest(model_path):
+    """The SHA-256 recorded for a model file when it was saved (None when none was), as its
+    .sha256 file holds it; a file that cannot be read or holds no digest counts as damage."""
+    path = digest_path(model_path)
+    if not path.exists():
+        return None
+    try:
+        return path.read_text().split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return "(unreadable)"
 
 
 # --- evaluation and pictures --------------------------------------------------------------------

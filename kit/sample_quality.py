@@ -21,7 +21,7 @@ import tensorflow as tf
 from keras import layers
 from sklearn.mixture import GaussianMixture
 
-from kit.atomic_files import atomic_path, write_json
+from kit.atomic_files import atomic_path, file_sha256, write_json
 from kit.errors import UsageError
 from kit.guards import feature_cache_root
 from kit.pipeline import shuffled_batches
@@ -72,14 +72,6 @@ def feature_cache_dir(cache_dir=None):
     """The folder holding one subfolder per data set: cache_dir, else $VAE_KIT_CACHE/feature-nets,
     else ~/.cache/vae-kit/feature-nets."""
     return Path(cache_dir) if cache_dir is not None else feature_cache_root()
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def feature_network(dataset_name, x_train, y_train, x_test, y_test, data_checksum, refresh=False,
