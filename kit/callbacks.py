@@ -18,17 +18,27 @@ from kit.guards import read_json_object, validate_state
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Adds `epoch_seconds` to the epoch's logs: wall time of training only, not validation."""
+    """Adds `epoch_seconds` to the epoch's logs: wall time of training only, not validation. A run
+    resumed inside an epoch counts the `seconds_before` its checkpoint recorded too."""
+
+    def __init__(self, seconds_before=0.0):
+        super().__init__()
+        self.seconds_before = seconds_before
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.start, self.end = time.perf_counter(), None
+        self.start, self.end = time.perf_counter() - self.seconds_before, None
+        self.seconds_before = 0.0
 
     def on_test_begin(self, logs=None):
         if self.end is None:
             self.end = time.perf_counter()
 
+    def elapsed(self):
+        """Seconds of training in the running epoch so far."""
+        return (self.end or time.perf_counter()) - self.start
+
     def on_epoch_end(self, epoch, logs=None):
-        logs["epoch_seconds"] = (self.end or time.perf_counter()) - self.start
+        logs["epoch_seconds"] = self.elapsed()
 
 
 class KLWarmup(keras.callbacks.Callback):
@@ -111,26 +121,88 @@ class RankOneStepOutputs(keras.callbacks.Callback):
                 key: keras.ops.reshape(value, (1,)) for key, value in step(data).items()})
 
 
+# A stop by signal checkpoints first when the last checkpoint is older than this: a minute's work
+# is worth the seconds a checkpoint takes (docs/BENCHMARKS.md, Checkpoints).
+SIGNAL_CHECKPOINT_AGE_S = 60.0
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch: a checkpoint (model, then state.json naming it: the commit point), then
-    history.csv and the loss curves, each replaced atomically (README, Engineering notes)."""
+    history.csv and the loss curves, each replaced atomically (README, Engineering notes). Inside
+    an epoch, a checkpoint every `minutes` of training (0: none), and one before a stop by
+    signal (`stop`, the StopOnSignal that follows this callback) when the last is older than
+    SIGNAL_CHECKPOINT_AGE_S: it records the batches done, the epoch's metric sums so far and its
+    seconds (from `timer`, the run's EpochTimer)."""
 
-    def __init__(self, outdir, history, plot_history, is_chief=True):
+    def __init__(self, outdir, history, plot_history, is_chief=True, minutes=0.0, stop=None, timer=None):
         super().__init__()
         self.outdir = Path(outdir)
         self.dir = self.outdir / "checkpoint"
         self.history = history  # list of per-epoch dicts, continued on resume
         self.plot_history = plot_history  # callable(rows) that redraws loss_curves.png
         self.is_chief = is_chief
+        self.period_s, self.stop, self.timer = minutes * 60.0, stop, timer
+
+    def on_train_begin(self, logs=None):
+        self.last_saved = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        age = time.monotonic() - self.last_saved
+        signalled = self.stop is not None and self.stop.received is not None
+        due = (self.period_s and age >= self.period_s) or (signalled and age >= SIGNAL_CHECKPOINT_AGE_S)
+        steps = self.params.get("steps") or 0
+        if not due or (steps and batch + 1 >= steps):  # the epoch's end checkpoints its last batch
+            return
+        if self.is_chief:
+            save_checkpoint(self.model, self.dir, len(self.history), self.history, inside_epoch={
+                "batch": batch + 1, "metric_states": metric_states(self.model),
+                "epoch_seconds": self.timer.elapsed() if self.timer else None})
+        self.last_saved = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted((logs or {}).items())}}
         if self.is_chief:  # the checkpoint commits first: the history is never ahead of it
             save_checkpoint(self.model, self.dir, epoch + 1, [*self.history, row])
+        self.last_saved = time.monotonic()
         self.history.append(row)
         if self.is_chief:
             write_csv(self.outdir / "history.csv", self.history)
             self.plot_history(self.history)
+
+
+class ResumeInsideEpoch(keras.callbacks.Callback):
+    """Continues an epoch from a checkpoint taken inside it (`inside`: its state.json's batch,
+    metric_states and epoch_seconds). The data already lacks the batches done (train_batches); fit
+    still counts them, so their steps run a no-op train function that trains nothing and reads no
+    data, and the epoch's metric sums and counts are restored so its means equal an uninterrupted
+    epoch's (EpochTimer adds the seconds trained before the stop)."""
+
+    def __init__(self, inside):
+        super().__init__()
+        self.inside = inside
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.inside is None:
+            return
+        restore_metric_states(self.model, self.inside["metric_states"])
+        self.train_function = self.model.train_function
+        self.model.train_function = lambda iterator: self.model.get_metrics_result()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.inside is not None and batch >= self.inside["batch"]:
+            self.model.train_function = self.train_function
+            self.inside = None
+
+
+def metric_states(model):
+    """{metric name: its variables' values} for the model's metrics (a Mean's total and count)."""
+    return {m.name: [float(keras.ops.convert_to_numpy(v)) for v in m.variables] for m in model.metrics}
+
+
+def restore_metric_states(model, states):
+    for m in model.metrics:
+        for variable, value in zip(m.variables, states.get(m.name, [])):
+            variable.assign(value)
 
 
 def sampling_seed_generator(model):
@@ -141,16 +213,20 @@ def sampling_seed_generator(model):
     return model.seed_generator
 
 
-def save_checkpoint(model, directory, epoch, history):
+def save_checkpoint(model, directory, epoch, history, inside_epoch=None):
+    """The model (weights and optimizer state) after `epoch` epochs, then state.json naming it. A
+    checkpoint inside the next epoch has `inside_epoch` (batch, metric_states, epoch_seconds)."""
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"ckpt-epoch{epoch:04d}.keras"
+    name = (f"ckpt-epoch{epoch + 1:04d}-batch{inside_epoch['batch']:06d}.keras" if inside_epoch
+            else f"ckpt-epoch{epoch:04d}.keras")
     with atomic_path(directory / name) as tmp:
         model.save(tmp)
     state = {"epoch": epoch, "model": name, "history": history,
              "model_sha256": file_sha256(directory / name),  # checked before --resume loads it
              # .keras files do not hold the SeedGenerator's state; without it a resumed run
              # would draw the same eps as epoch 1 again.
-             "sampling_seed_state": keras.ops.convert_to_numpy(sampling_seed_generator(model).state).tolist()}
+             "sampling_seed_state": keras.ops.convert_to_numpy(sampling_seed_generator(model).state).tolist(),
+             **(inside_epoch or {})}
     write_json(directory / "state.json", state)
     for old in directory.glob("ckpt-epoch*.keras"):
         if old.name != name:

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from kit.errors import DamagedRunError, UsageError
 from kit.guards import (GB, SMALLER_HIERARCHICAL_MODEL, SMALLER_MODEL, estimate_for, feature_cache_problem,
-                        folder_problem, is_int, memory_problem, physical_memory_bytes, read_json_object)
+                        folder_problem, is_int, is_number, memory_problem, physical_memory_bytes, read_json_object)
 from kit.model_options import ARCHITECTURES, GAUSSIAN_SIGMA_MODES, LIKELIHOODS, resolution_chain
 
 DISTRIBUTE = ("none", "mirrored", "multiworker")
@@ -28,17 +28,22 @@ KERAS_IO_PRESET = dict(latent_dim=2, epochs=30, batch_size=128, beta=1.0, lr=1e-
                        blocks_per_resolution=1, encoder_filters=[32, 64], encoder_dense=[16],
                        decoder_filters=[64, 32], decoder_dense=[])
 
+CHECKPOINT_MINUTES = 10.0
+
 # Options that are the same for every data set (the data sets' tables hold the rest).
 RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, validation_images=5000, iw_samples=100,
                     iwae_images=1000, temperature=1.0,
                     fd_images=10_000, gmm_components=10, refresh_feature_net=False, eval_only=None, resume=False, tensorboard=False, distribute="none",
                     mixed_precision=False, deterministic=True,
                     jit_compile=False,  # XLA is slower on CPU: docs/BENCHMARKS.md
-                    steps_per_execution=1)
+                    steps_per_execution=1,
+                    # A checkpoint inside an epoch every so many minutes of training: 0.4 % of the
+                    # time at most, for the slowest one measured (docs/BENCHMARKS.md, Checkpoints).
+                    checkpoint_minutes=CHECKPOINT_MINUTES)
 
 # What --resume may change: the rest is fixed by the checkpoint (weights, optimizer, data order).
 RESUMABLE = ("epochs", "iw_samples", "iwae_images", "temperature", "fd_images", "gmm_components",
-             "refresh_feature_net", "tensorboard", "data_dir", "outdir", "resume")
+             "refresh_feature_net", "tensorboard", "checkpoint_minutes", "data_dir", "outdir", "resume")
 # What --eval-only honours: the model file fixes the model, and nothing is trained (the validation
 # images are still held out of the training images that the latent GMM is fitted to).
 EVAL_ONLY_OPTIONS = ("eval_only", "seed", "outdir", "data_dir", "limit", "validation_images",
@@ -117,6 +122,7 @@ class Config:
     deterministic: bool
     jit_compile: bool
     steps_per_execution: int
+    checkpoint_minutes: float
     explicit: frozenset = frozenset()  # the options given on the command line
 
     def to_dict(self):
@@ -222,6 +228,9 @@ def build_parser(spec):
                    help="retrain the cached feature network of the Fréchet distance")
     p.add_argument("--eval-only", metavar="MODEL.keras", help="evaluate a saved model; no training")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in outdir")
+    p.add_argument("--checkpoint-minutes", type=float, metavar="M",
+                   help=f"also checkpoint inside an epoch every M minutes of training, so a stop loses "
+                        f"at most M minutes; 0 = at epoch ends only (default {CHECKPOINT_MINUTES:g})")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs under outdir")
     p.add_argument("--distribute", choices=DISTRIBUTE, help="tf.distribute strategy (default none)")
     p.add_argument("--mixed-precision", action="store_true",
@@ -314,7 +323,7 @@ def shown(value):
 def has_type(value, kind):
     """Does a value read from config.json have the type of a Config field (as argparse makes it)?"""
     if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value)
     if kind is list:
         return isinstance(value, list) and all(is_int(v) and v > 0 for v in value)
     if kind in (Optional[int], Optional[str]):
@@ -341,7 +350,8 @@ def value_problem(v, spec):
                    f"(at most {FLOAT32_MAX:.4g}, float32), got {v[name]}"
     if v["beta"] < 0:
         return f"--beta must be a finite number >= 0, got {v['beta']}"
-    for name, off in (("temperature", ""), ("grad_clip", "0 is off; "), ("skip_threshold", "0 is off; ")):
+    for name, off in (("temperature", ""), ("grad_clip", "0 is off; "), ("skip_threshold", "0 is off; "),
+                      ("checkpoint_minutes", "0: at epoch ends only; ")):
         if not (math.isfinite(v[name]) and 0 <= v[name] <= FLOAT32_MAX):
             return (f"{option(name)} must be a finite number >= 0 ({off}at most {FLOAT32_MAX:.4g}, "
                     f"float32), got {v[name]}")

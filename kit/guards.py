@@ -472,6 +472,11 @@ def is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_number(value):
+    """A JSON number: int or float but not bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def state_problem(state, checkpoint_dir):
     """What is wrong with a checkpoint's state.json dict, or None."""
     if not isinstance(state, dict):
@@ -492,7 +497,7 @@ def state_problem(state, checkpoint_dir):
         if row.get("epoch") != i + 1 or not is_int(row["epoch"]):
             return f"history row {i + 1} has epoch {row.get('epoch')!r}"
         for key, value in row.items():
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            if value is not None and not is_number(value):
                 return f"history row {i + 1}: {key} is {value!r}, not a number"
     if not isinstance(name, str) or not name.endswith(".keras") or name.startswith(".") \
             or "/" in name or "\\" in name or "\0" in name:
@@ -509,7 +514,24 @@ def state_problem(state, checkpoint_dir):
         return problem
     if not isinstance(seeds, list) or not seeds or not all(map(is_int, seeds)):
         return f"sampling_seed_state must be a list of integers, got {seeds!r}"
+    return inside_epoch_problem(state)
+
+
+def inside_epoch_problem(state):
+    """What is wrong with the fields of a checkpoint taken inside an epoch (batch, metric_states,
+    epoch_seconds), or None; an epoch's-end checkpoint has none of them."""
+    if "batch" not in state:
+        return None
+    batch, metrics, seconds = state["batch"], state.get("metric_states"), state.get("epoch_seconds")
+    if not is_int(batch) or batch < 1:
+        return f"batch must be a whole number >= 1, got {batch!r}"
+    if not isinstance(metrics, dict) or not all(
+            isinstance(values, list) and all(is_number(v) for v in values) for values in metrics.values()):
+        return f"metric_states must map metric names to lists of numbers, got {metrics!r}"[:300]
+    if seconds is not None and not is_number(seconds):
+        return f"epoch_seconds must be a number, got {seconds!r}"
     return None
+
 
 
 def is_sha256(value):

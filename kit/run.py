@@ -17,8 +17,8 @@ import tensorflow as tf
 
 import common  # noqa: F401  (registers the model classes for keras.models.load_model)
 from kit.atomic_files import atomic_path, file_sha256, read_csv, write_json, write_text
-from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, StopOnNonFinite,
-                           StopOnSignal, first_line, load_checkpoint, load_model_file,
+from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, ResumeInsideEpoch,
+                           StopOnNonFinite, StopOnSignal, first_line, load_checkpoint, load_model_file,
                            stop_on_signal_at_once)
 from kit.config import GMM_FIT_IMAGES, data_problem
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
@@ -126,12 +126,14 @@ def steps_per_epoch(config, splits, strategy):
     return math.ceil(n / batch)
 
 
-def train_batches(config, x, first_epoch):
+def train_batches(config, x, first_epoch, inside_epoch=None):
     """Batches for epochs [first_epoch, epochs): a fresh permutation per epoch, keyed by
-    (seed, epoch) so a resumed run sees exactly the batches the uninterrupted one would. The images
-    stay 8-bit in the pipeline (a quarter of float32, for every worker) and become k / 255 per batch,
-    the same float32 values as the loaders'."""
-    ds = shuffled_batches((to_uint8(x),), config.batch_size, config.seed, first_epoch, config.epochs)
+    (seed, epoch) so a resumed run sees exactly the batches the uninterrupted one would (from a
+    checkpoint `inside_epoch`, without the batches first_epoch had done). The images stay 8-bit in
+    the pipeline (a quarter of float32, for every worker) and become k / 255 per batch, the same
+    float32 values as the loaders'."""
+    done = inside_epoch["batch"] if inside_epoch else 0
+    ds = shuffled_batches((to_uint8(x),), config.batch_size, config.seed, first_epoch, config.epochs, done)
     ds = ds.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
     return with_sharding(ds.prefetch(tf.data.AUTOTUNE))
 
@@ -163,8 +165,10 @@ def adam(config, steps_per_epoch):
 
 
 def resume_from_checkpoint(config, spec):
-    """(model with its optimizer state, history so far) from the checkpoint in outdir. A run whose
-    training is done but whose evaluation never finished resumes to finish it (fit runs no epoch)."""
+    """(model with its optimizer state, history so far, where inside the next epoch) from the
+    checkpoint in outdir; the last is None for a checkpoint at an epoch's end, else its state.json's
+    batch, metric_states and epoch_seconds. A run whose training is done but whose evaluation never
+    finished resumes to finish it (fit runs no epoch)."""
     model, state = load_checkpoint(Path(config.outdir) / "checkpoint")
     check_model_matches(model, config, spec, f"the checkpoint in {config.outdir}")
     for name, said, has in described_options(model, config):  # config.json must describe the model
@@ -172,6 +176,13 @@ def resume_from_checkpoint(config, spec):
             raise DamagedRunError(f"the checkpoint in {config.outdir} is damaged: config.json says "
                                   f"{name} {said}, its model has {has}")
     epoch = state["epoch"]
+    if "batch" in state:
+        inside = {key: state[key] for key in ("batch", "metric_states", "epoch_seconds")}
+        if config.epochs <= epoch:
+            raise UsageError(f"the checkpoint is inside epoch {epoch + 1} (batch {state['batch']}); pass "
+                             f"--epochs {epoch + 1} or more to finish it")
+        print(f"Resuming inside epoch {epoch + 1}, after its batch {state['batch']}, of {config.outdir}")
+        return model, list(state["history"]), inside
     if evaluated_epoch(config.outdir) == epoch >= config.epochs:
         raise UsageError(f"the checkpoint is already at epoch {epoch} and its run is finished; "
                          f"pass --epochs larger than that to train on")
@@ -182,7 +193,7 @@ def resume_from_checkpoint(config, spec):
         print(f"Training of {config.outdir} is done (epoch {state['epoch']}): finishing its evaluation")
     else:
         print(f"Resuming from epoch {state['epoch']} of {config.outdir}")
-    return model, list(state["history"])
+    return model, list(state["history"]), None
 
 
 def described_options(model, config):
@@ -257,9 +268,10 @@ def start_run_folder(config, spec, splits):
         "test_images": len(splits.x_test)})
 
 
-def training_callbacks(config, spec, splits, history):
-    """Epoch timer, KL warm-up, NaN and signal stops, and the per-epoch checkpoint, which appends
-    to `history` and redraws the loss curves."""
+def training_callbacks(config, spec, splits, history, inside_epoch=None):
+    """Epoch timer, KL warm-up, NaN and signal stops, the checkpoints (every epoch, which appends
+    to `history` and redraws the loss curves, and every --checkpoint-minutes inside one), and, from
+    a checkpoint `inside_epoch`, the rest of that epoch."""
     outdir = Path(config.outdir)
     title = data_title(spec, splits)
     note = (latent_groups_note(config.latent_resolutions, config.latent_channels)
@@ -268,8 +280,11 @@ def training_callbacks(config, spec, splits, history):
     def draw(rows):
         write_loss_curves(rows, outdir, title, note)
 
-    callbacks = [EpochTimer(), StopOnNonFinite(), StopOnSignal(),
-                 EpochCheckpoint(outdir, history, draw, is_chief=is_chief())]
+    timer = EpochTimer((inside_epoch or {}).get("epoch_seconds") or 0.0)
+    stop = StopOnSignal()  # after the checkpoint, which saves before a stop by signal
+    callbacks = [timer, StopOnNonFinite(), ResumeInsideEpoch(inside_epoch),
+                 EpochCheckpoint(outdir, history, draw, is_chief=is_chief(), minutes=config.checkpoint_minutes,
+                                 stop=stop, timer=timer), stop]
     if config.kl_warmup:
         callbacks.insert(0, KLWarmup(config.beta, config.kl_warmup))
     if config.tensorboard and is_chief():  # one log, not one per worker
@@ -285,13 +300,25 @@ def resume_hint_on_stop(config, history):
     try:
         yield
     except (TrainingStopped, WriteError) as stop:
-        if history:
-            stop.hint = (f"{len(history)} epoch(s) are saved in {config.outdir}. Resume with:\n"
+        batches = batches_saved_inside_epoch(config.outdir, len(history))
+        if history or batches:
+            saved = f"{len(history)} epoch(s)" + (f" and {batches} batch(es) of epoch {len(history) + 1}"
+                                                  if batches else "")
+            stop.hint = (f"{saved} are saved in {config.outdir}. Resume with:\n"
                          f"  python {Path(sys.argv[0]).name} --resume --outdir {config.outdir} "
                          f"--epochs {config.epochs}")
         else:
             stop.hint = "no epoch finished, so there is nothing to resume"
         raise
+
+
+def batches_saved_inside_epoch(outdir, epochs):
+    """The batches of epoch `epochs` + 1 that outdir's checkpoint holds (0 when it holds none)."""
+    try:
+        state = json.loads((Path(outdir) / "checkpoint" / "state.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return state.get("batch", 0) if state.get("epoch") == epochs else 0
 
 
 @contextmanager

@@ -77,6 +77,59 @@ def test_resume_past_the_requested_epochs_is_refused(straight_run, fashion_dir):
     assert result.returncode == 2 and "already at epoch 3" in result.stderr
 
 
+def sigterm_at_batch(monkeypatch, n):
+    """SIGTERM, as its handler receives it, just before the n-th training step of the run (counted
+    over epochs from 1): the step still runs, then the run stops."""
+    steps = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps.append(batch)
+        if len(steps) == n:
+            self._handle(signal.SIGTERM, None)
+    monkeypatch.setattr(StopOnSignal, "on_train_batch_begin", on_train_batch_begin, raising=False)
+
+
+@pytest.mark.slow
+def test_sigterm_inside_an_epoch_checkpoints_and_resume_continues_to_the_same_history(
+        straight_run, fashion_dir, tmp_path, monkeypatch):
+    """SIGTERM after batch 2 of epoch 2 (4 batches an epoch) writes a checkpoint there, the last
+    being older than SIGNAL_CHECKPOINT_AGE_S (0 here; a minute in real runs); --resume trains the
+    other 2 batches of epoch 2 on the same data, noise and metric sums, then epoch 3: the history
+    equals the uninterrupted run's, the interrupted epoch's row too."""
+    from kit import callbacks
+    monkeypatch.setattr(callbacks, "SIGNAL_CHECKPOINT_AGE_S", 0.0)
+    sigterm_at_batch(monkeypatch, 4 + 2)
+    stopped = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
+                             "--limit", 128, "--outdir", tmp_path, *QUICK)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert f"1 epoch(s) and 2 batch(es) of epoch 2 are saved in {tmp_path}. Resume with:" in stopped.stderr
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert (state["epoch"], state["batch"], state["model"]) == (1, 2, "ckpt-epoch0002-batch000002.keras")
+    assert sorted(state["metric_states"]) == ["kl_loss", "loss", "reconstruction_loss"]
+    assert len(read_csv(tmp_path / "history.csv")) == 1
+    monkeypatch.undo()
+    resumed = run_in_process("vae_fashion_mnist.py", "--epochs", 3, "--outdir", tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming inside epoch 2, after its batch 2, of {tmp_path}" in resumed.stdout
+    history = read_csv(tmp_path / "history.csv")
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    np.testing.assert_allclose(losses(history), losses(read_csv(straight_run / "history.csv")),
+                               rtol=HISTORY_RTOL)
+    assert history[1]["epoch_seconds"] > state["epoch_seconds"] > 0  # the time before the stop counts
+
+
+@pytest.mark.slow
+def test_sigterm_soon_after_a_checkpoint_writes_none(fashion_dir, tmp_path, monkeypatch):
+    """The last checkpoint (here: the start of training) is younger than a minute: the stop saves
+    nothing more, so a stop in epoch 1 leaves nothing to resume."""
+    sigterm_at_batch(monkeypatch, 2)
+    stopped = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 1,
+                             "--limit", 128, "--outdir", tmp_path, *QUICK)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "no epoch finished, so there is nothing to resume" in stopped.stderr
+    assert not (tmp_path / "checkpoint").exists()
+
+
 def start_long_run(fashion_dir, outdir, resume=False):
     """A 500-epoch run in its own process (or, resume=True, the --resume of the run in outdir)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
