@@ -65,7 +65,7 @@ def main(argv=None):
     run.start_run_folder(config, CIFAR10, splits)  # config.json; an older run's results go
 
     with run.resume_hint_on_stop(config, history):
-        model.fit(run.train_batches(config, splits.x_train, first_epoch=len(history), inside_epoch=inside_epoch),
+        model.fit(run.train_batches(config, splits.x_train, len(history), steps_per_epoch, inside_epoch),
                   validation_data=run.validation_batches(splits), epochs=config.epochs,
                   initial_epoch=len(history), steps_per_epoch=steps_per_epoch, shuffle=False,
                   callbacks=run.training_callbacks(config, CIFAR10, splits, history, inside_epoch))

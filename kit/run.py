@@ -115,25 +115,34 @@ def data_title(spec, splits):
 def steps_per_epoch(config, splits, strategy):
     """Batches per epoch, after checking that every batch splits over the strategy's replicas:
     Keras builds the model from the first batch's replica shares, which must be equal, and an empty
-    share of the last batch breaks TensorFlow's CPU convolutions."""
+    share of the last batch breaks TensorFlow's CPU convolutions: a last batch with fewer images
+    than replicas is left out of each epoch (train_batches), saying so."""
     n, batch, replicas = len(splits.x_train), config.batch_size, strategy.num_replicas_in_sync
     if replicas > 1 and min(batch, n) % replicas:
         raise UsageError(f"--batch-size {batch} ({n} training images) does not split evenly over "
                          f"{replicas} replicas; use a multiple of {replicas}")
     if replicas > 1 and 0 < n % batch < replicas:
-        raise UsageError(f"the last batch of each epoch would hold {n % batch} image(s), fewer than the "
-                         f"{replicas} replicas; change --batch-size or --limit")
+        steps = n // batch
+        if steps % config.steps_per_execution:
+            raise UsageError(f"--steps-per-execution {config.steps_per_execution} must divide the {steps} "
+                             f"steps of an epoch ({n} images, --batch-size {batch}, the last {n % batch} "
+                             f"left out)")
+        print(f"Each epoch leaves out {n % batch} of its {n} training images, the last of its shuffled "
+              f"order (others each epoch): a batch of {n % batch} cannot be split over {replicas} replicas")
+        return steps
     return math.ceil(n / batch)
 
 
-def train_batches(config, x, first_epoch, inside_epoch=None):
+def train_batches(config, x, first_epoch, steps_per_epoch=None, inside_epoch=None):
     """Batches for epochs [first_epoch, epochs): a fresh permutation per epoch, keyed by
     (seed, epoch) so a resumed run sees exactly the batches the uninterrupted one would (from a
-    checkpoint `inside_epoch`, without the batches first_epoch had done). The images stay 8-bit in
-    the pipeline (a quarter of float32, for every worker) and become k / 255 per batch, the same
-    float32 values as the loaders'."""
+    checkpoint `inside_epoch`, without the batches first_epoch had done), `steps_per_epoch` of them
+    when given (a last batch that steps_per_epoch left out is dropped). The images stay 8-bit in the pipeline
+    (a quarter of float32, for every worker) and become k / 255 per batch, the same float32 values
+    as the loaders'."""
     done = inside_epoch["batch"] if inside_epoch else 0
-    ds = shuffled_batches((to_uint8(x),), config.batch_size, config.seed, first_epoch, config.epochs, done)
+    ds = shuffled_batches((to_uint8(x),), config.batch_size, config.seed, first_epoch, config.epochs, done,
+                          drop_remainder=bool(steps_per_epoch) and steps_per_epoch * config.batch_size < len(x))
     ds = ds.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
     return with_sharding(ds.prefetch(tf.data.AUTOTUNE))
 
