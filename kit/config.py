@@ -37,8 +37,9 @@ RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, validation_images=5000, i
                     mixed_precision=False, deterministic=True,
                     jit_compile=False,  # XLA is slower on CPU: docs/BENCHMARKS.md
                     steps_per_execution=1,
-                    # A checkpoint inside an epoch every so many minutes of training: 0.4 % of the
-                    # time at most, for the slowest one measured (docs/BENCHMARKS.md, Checkpoints).
+                    # A checkpoint inside an epoch every so many minutes of training: 0.9 % of the
+                    # time for the slowest one measured, the hierarchical CIFAR-10 preset's 5.4 s
+                    # (docs/BENCHMARKS.md, Checkpoints); 5 minutes would be 1.8 %.
                     checkpoint_minutes=CHECKPOINT_MINUTES)
 
 # What --resume may change: the rest is fixed by the checkpoint (weights, optimizer, data order).
