@@ -150,9 +150,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         age = time.monotonic() - self.last_saved
         signalled = self.stop is not None and self.stop.received is not None
         due = (self.period_s and age >= self.period_s) or (signalled and age >= SIGNAL_CHECKPOINT_AGE_S)
-        steps = self.params.get("steps") or 0
-        if not due or (steps and batch + 1 >= steps):  # the epoch's end checkpoints its last batch
-            return
+        last = batch + 1 >= (self.params.get("steps") or math.inf)
+        if not due or (last and not signalled):  # the epoch's end checkpoints its last batch, unless
+            return                               # the stop comes first
         if self.is_chief:
             save_checkpoint(self.model, self.dir, len(self.history), self.history, inside_epoch={
                 "batch": batch + 1, "metric_states": metric_states(self.model),
@@ -190,8 +190,15 @@ class ResumeInsideEpoch(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.inside is not None and batch >= self.inside["batch"]:
-            self.model.train_function = self.train_function
-            self.inside = None
+            self.trains_again()
+
+    def on_epoch_end(self, epoch, logs=None):  # a checkpoint after the epoch's last step
+        if self.inside is not None:
+            self.trains_again()
+
+    def trains_again(self):
+        self.model.train_function = self.train_function
+        self.inside = None
 
 
 def metric_states(model):

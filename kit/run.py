@@ -311,8 +311,8 @@ def resume_hint_on_stop(config, history):
     except (TrainingStopped, WriteError) as stop:
         batches = batches_saved_inside_epoch(config.outdir, len(history))
         if history or batches:
-            saved = f"{len(history)} epoch(s)" + (f" and {batches} batch(es) of epoch {len(history) + 1}"
-                                                  if batches else "")
+            saved = " and ".join(([f"{len(history)} epoch(s)"] if history else [])
+                                 + ([f"{batches} batch(es) of epoch {len(history) + 1}"] if batches else []))
             stop.hint = (f"{saved} are saved in {config.outdir}. Resume with:\n"
                          f"  python {Path(sys.argv[0]).name} --resume --outdir {config.outdir} "
                          f"--epochs {config.epochs}")
