@@ -268,13 +268,13 @@ UNKNOWN_OBJECT_MESSAGES = ("Could not locate class", "Could not locate function"
 
 def load_model_file(path, error):
     """keras.models.load_model(path); for a file that is no loadable model, raises `error(why)`
-    (why: the exception's type and first line). Anything else propagates, a programming error,
-    unless the archive's bytes show damage (weights_problem): then it is `error` too."""
+    (why: the exception's type and first line). Any other TypeError, a programming error,
+    propagates, unless the archive's bytes show damage (weights_problem: h5py raises TypeError for
+    some): then it is `error` too."""
     try:
         return keras.models.load_model(path)
-    except Exception as err:
-        known = isinstance(err, UNLOADABLE_MODEL_ERRORS) or (
-            isinstance(err, TypeError) and str(err).startswith(UNKNOWN_OBJECT_MESSAGES))
+    except (*UNLOADABLE_MODEL_ERRORS, TypeError) as err:
+        known = not isinstance(err, TypeError) or str(err).startswith(UNKNOWN_OBJECT_MESSAGES)
         damage = None if known else weights_problem(path)
         if not known and not damage:
             raise
@@ -298,7 +298,7 @@ def weights_problem(path):
             weights = archive.read("model.weights.h5")
         with h5py.File(io.BytesIO(weights), "r") as h5:
             h5.visititems(read)
-    except Exception as err:  # whatever h5py raises for bytes it cannot parse
+    except (*UNLOADABLE_MODEL_ERRORS, TypeError) as err:  # what zipfile and h5py raise for bad bytes
         return f"the weights cannot be read ({type(err).__name__}: {first_line(err)})"
     return None
 

@@ -158,24 +158,33 @@ def folder_problem(folder):
     return creation_problem(path, existing)
 
 
-def creation_problem(path, existing):
+def creation_problem(path, existing, attempts=10):
     """None if the folders from `existing` (an ancestor of `path`) down to `path` can be made, else
-    the OS's reason, naming the folder. Makes them to find out, then removes the ones it made."""
+    the OS's reason, naming the folder. Makes them to find out, then removes the ones it made. A
+    folder that vanishes meanwhile (another run probing the same parent removed it) is tried again."""
     missing = [p for p in (path, *path.parents) if p != existing and existing in p.parents]
-    made = []
-    try:
-        for folder in reversed(missing):  # the outermost first
-            folder.mkdir()
-            made.append(folder)
-    except OSError as err:
-        return f"cannot make {folder}: {err.strerror or err}"
-    finally:
-        for folder in reversed(made):
-            try:
-                folder.rmdir()
-            except OSError:  # someone else's file in it by now: it is theirs
-                break
-    return None
+    for attempt in range(attempts):
+        made = []
+        try:
+            for folder in reversed(missing):  # the outermost first
+                try:
+                    folder.mkdir()
+                    made.append(folder)
+                except FileExistsError:
+                    if not folder.is_dir():
+                        raise
+            return None
+        except FileNotFoundError as err:
+            problem = f"cannot make {folder}: {err.strerror or err}"
+        except OSError as err:
+            return f"cannot make {folder}: {err.strerror or err}"
+        finally:
+            for made_folder in reversed(made):
+                try:
+                    made_folder.rmdir()
+                except OSError:  # another run's folder in it by now: it is theirs
+                    break
+    return problem
 
 
 def feature_cache_root():
