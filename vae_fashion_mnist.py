@@ -54,21 +54,21 @@ def main(argv=None):
 
     steps_per_epoch = run.steps_per_epoch(config, splits, strategy)
     with strategy.scope():
-        if config.resume:  # weights, optimizer state and history from the checkpoint
-            model, history = run.resume_from_checkpoint(config, FASHION_MNIST)
+        if config.resume:  # weights, optimizer state, history (and the place inside an epoch)
+            model, history, inside_epoch = run.resume_from_checkpoint(config, FASHION_MNIST)
         else:
-            model, history = build_model(FASHION_MNIST.image_shape, dataset=FASHION_MNIST.name,
-                                         seed=config.seed, **config.model_options()), []
+            model, history, inside_epoch = build_model(FASHION_MNIST.image_shape, dataset=FASHION_MNIST.name,
+                                                       seed=config.seed, **config.model_options()), [], None
             model.compile(optimizer=run.adam(config, steps_per_epoch), jit_compile=config.jit_compile,
                           steps_per_execution=config.steps_per_execution)
     model.summary()
     run.start_run_folder(config, FASHION_MNIST, splits)  # config.json; an older run's results go
 
     with run.resume_hint_on_stop(config, history):
-        model.fit(run.train_batches(config, splits.x_train, first_epoch=len(history)),
+        model.fit(run.train_batches(config, splits.x_train, len(history), steps_per_epoch, inside_epoch),
                   validation_data=run.validation_batches(splits), epochs=config.epochs,
                   initial_epoch=len(history), steps_per_epoch=steps_per_epoch, shuffle=False,
-                  callbacks=run.training_callbacks(config, FASHION_MNIST, splits, history))
+                  callbacks=run.training_callbacks(config, FASHION_MNIST, splits, history, inside_epoch))
     if not run.is_chief():
         return 0  # in a cluster, the chief writes the results
     with run.finish_hint_on_stop(config, history):  # Ctrl-C here says how to finish with --resume

@@ -19,6 +19,9 @@ $PY bench/throughput.py --epochs 3 --runs keras-io --out bench/results/threads_b
 TF_ENABLE_ONEDNN_OPTS=0 $PY bench/throughput.py --epochs 3 --runs keras-io --out bench/results/threads_onednn_off.json
 TF_NUM_INTEROP_THREADS=1 $PY bench/throughput.py --epochs 3 --runs keras-io --out bench/results/threads_interop1.json
 
+# What a checkpoint costs (the --checkpoint-minutes default), for both scripts' heaviest defaults.
+$PY bench/checkpoint_cost.py ${CIFAR_DIR:+--cifar-dir $CIFAR_DIR} | tee bench/results/checkpoint_cost.txt
+
 # 2. Time to quality on Fashion-MNIST: the keras-io preset for its 30 epochs, then the defaults.
 $PY vae_fashion_mnist.py --preset keras-io --outdir outputs/keras_io
 $PY vae_fashion_mnist.py --outdir outputs/fashion_mnist

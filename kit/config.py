@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from kit.errors import DamagedRunError, UsageError
 from kit.guards import (GB, SMALLER_HIERARCHICAL_MODEL, SMALLER_MODEL, estimate_for, feature_cache_problem,
-                        folder_problem, is_int, memory_problem, physical_memory_bytes, read_json_object,
+                        folder_problem, is_int, is_number, memory_problem, physical_memory_bytes, read_json_object,
                         shipped_feature_net_problem)
 from kit.model_options import ARCHITECTURES, GAUSSIAN_SIGMA_MODES, LIKELIHOODS, resolution_chain
 
@@ -31,6 +31,8 @@ KERAS_IO_PRESET = dict(latent_dim=2, epochs=30, batch_size=128, beta=1.0, lr=1e-
                        blocks_per_resolution=1, encoder_filters=[32, 64], encoder_dense=[16],
                        decoder_filters=[64, 32], decoder_dense=[])
 
+CHECKPOINT_MINUTES = 10.0
+
 # Options that are the same for every data set (the data sets' tables hold the rest).
 RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, validation_images=5000, iw_samples=100,
                     iwae_images=1000, temperature=1.0,
@@ -38,11 +40,16 @@ RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, validation_images=5000, i
                     eval_only=None, resume=False, tensorboard=False, distribute="none",
                     mixed_precision=False, deterministic=True,
                     jit_compile=False,  # XLA is slower on CPU: docs/BENCHMARKS.md
-                    steps_per_execution=1)
+                    steps_per_execution=1,
+                    # A checkpoint inside an epoch every so many minutes of training: 0.9 % of the
+                    # time for the slowest one measured, the hierarchical CIFAR-10 preset's 5.4 s
+                    # (docs/BENCHMARKS.md, Checkpoints); 5 minutes would be 1.8 %.
+                    checkpoint_minutes=CHECKPOINT_MINUTES)
 
 # What --resume may change: the rest is fixed by the checkpoint (weights, optimizer, data order).
 RESUMABLE = ("epochs", "iw_samples", "iwae_images", "temperature", "fd_images", "gmm_components",
-             "feature_net", "refresh_feature_net", "tensorboard", "data_dir", "outdir", "resume")
+             "feature_net", "refresh_feature_net", "tensorboard", "checkpoint_minutes", "data_dir", "outdir",
+             "resume")
 # What --eval-only honours: the model file fixes the model, and nothing is trained (the validation
 # images are still held out of the training images that the latent GMM is fitted to).
 EVAL_ONLY_OPTIONS = ("eval_only", "seed", "outdir", "data_dir", "limit", "validation_images",
@@ -122,6 +129,7 @@ class Config:
     deterministic: bool
     jit_compile: bool
     steps_per_execution: int
+    checkpoint_minutes: float
     explicit: frozenset = frozenset()  # the options given on the command line
 
     def to_dict(self):
@@ -198,8 +206,8 @@ def build_parser(spec):
                    help="hierarchical: encoder residual blocks, one count or one per resolution")
     p.add_argument("--latent-channels", type=int, metavar="C", help="hierarchical: channels of each latent group")
     p.add_argument("--latent-resolutions", type=int_list, metavar="R1,..",
-                   help="hierarchical: the resolution of every latent group, coarse first (repeat one "
-                        "for several groups there)")
+                   help="hierarchical: the resolution of every latent group (repeat one for several "
+                        "groups there); in any order, recorded coarse first as the model builds them")
     p.add_argument("--grad-clip", type=float, metavar="NORM",
                    help="hierarchical: clip the gradient's global norm (of the per-image loss) to NORM; "
                         "0 = off (default VDVAE's 200 per dimension)")
@@ -230,6 +238,9 @@ def build_parser(spec):
                    help="--feature-net own: retrain the cached network")
     p.add_argument("--eval-only", metavar="MODEL.keras", help="evaluate a saved model; no training")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in outdir")
+    p.add_argument("--checkpoint-minutes", type=float, metavar="M",
+                   help=f"also checkpoint inside an epoch every M minutes of training, so a stop loses "
+                        f"at most M minutes; 0 = at epoch ends only (default {CHECKPOINT_MINUTES:g})")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs under outdir")
     p.add_argument("--distribute", choices=DISTRIBUTE, help="tf.distribute strategy (default none)")
     p.add_argument("--mixed-precision", action="store_true",
@@ -248,7 +259,7 @@ def parse_config(spec, argv=None):
 
     Raises UsageError (exit 2) for a bad option, before any data is loaded or file written.
     """
-    explicit = vars(build_parser(spec).parse_args(argv))
+    explicit = in_canonical_order(vars(build_parser(spec).parse_args(argv)))
     preset = explicit.get("preset", "default")
     defaults = {**RUN_DEFAULTS, **spec.presets[preset], "outdir": spec.default_outdir,
                 "preset": preset}
@@ -266,11 +277,19 @@ def parse_config(spec, argv=None):
             raise DamagedRunError(f"the checkpoint in {values['outdir']} is damaged: config.json: "
                                   f"{problem}")
         values = {**values, **saved, **explicit}
-    config = Config(**values, dataset=spec.name, explicit=frozenset(explicit))
+    config = Config(**in_canonical_order(values), dataset=spec.name, explicit=frozenset(explicit))
     problem = find_problem(config, spec)
     if problem:
         raise UsageError(problem)
     return config
+
+
+def in_canonical_order(values):
+    """The options with the latent groups' resolutions coarse first, the order the hierarchical VAE
+    builds them in: 14,7,1 and 1,7,14 are one model, recorded and compared as 1,7,14."""
+    if isinstance(values.get("latent_resolutions"), list):
+        return {**values, "latent_resolutions": sorted(values["latent_resolutions"])}
+    return values
 
 
 def saved_options(outdir, explicit, spec):
@@ -294,6 +313,7 @@ def saved_options(outdir, explicit, spec):
         if not has_type(value, FIELD_TYPES[name]):
             raise DamagedRunError(f"the checkpoint in {outdir} is damaged: config.json: {name} is "
                                   f"{value!r}, not {type_name(FIELD_TYPES[name])}")
+    saved = in_canonical_order(saved)  # a run from before the order was canonical
     for name, value in explicit.items():
         if name in saved and name not in RESUMABLE and value != saved[name]:
             raise UsageError(f"{option(name)} {shown(value)} does not match the run in {outdir} "
@@ -313,7 +333,7 @@ def shown(value):
 def has_type(value, kind):
     """Does a value read from config.json have the type of a Config field (as argparse makes it)?"""
     if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value)
     if kind is list:
         return isinstance(value, list) and all(is_int(v) and v > 0 for v in value)
     if kind in (Optional[int], Optional[str]):
@@ -340,7 +360,8 @@ def value_problem(v, spec):
                    f"(at most {FLOAT32_MAX:.4g}, float32), got {v[name]}"
     if v["beta"] < 0:
         return f"--beta must be a finite number >= 0, got {v['beta']}"
-    for name, off in (("temperature", ""), ("grad_clip", "0 is off; "), ("skip_threshold", "0 is off; ")):
+    for name, off in (("temperature", ""), ("grad_clip", "0 is off; "), ("skip_threshold", "0 is off; "),
+                      ("checkpoint_minutes", "0: at epoch ends only; ")):
         if not (math.isfinite(v[name]) and 0 <= v[name] <= FLOAT32_MAX):
             return (f"{option(name)} must be a finite number >= 0 ({off}at most {FLOAT32_MAX:.4g}, "
                     f"float32), got {v[name]}")

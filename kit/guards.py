@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kit.atomic_files import file_sha256, remove_leftover_temporaries
-from kit.errors import DamagedRunError, LockedError
+from kit.errors import DamagedRunError, LockedError, UsageError
 from kit.model_options import decoder_output_channels, resolution_chain
 
 LOCK_NAME = ".lock"
@@ -57,9 +57,13 @@ def outdir_lock(outdir):
     since unlinking a locked file would let two processes lock two different files.
     """
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:  # checked before (folder_problem), but the file system may have changed since
+        outdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise UsageError(f"--outdir {outdir} cannot be written: cannot make {err.filename or path}: "
+                         f"{err.strerror or err}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,8 +138,9 @@ def _lexists(path):
 def folder_problem(folder):
     """None if `folder` is a writable folder or can be made one, else why not (one clause).
 
-    Creates nothing: checks the nearest existing ancestor, the length of every name still to be
-    made (NAME_MAX) and of the whole path (PATH_MAX), and write permission.
+    Checks the nearest existing ancestor, the length of every name still to be made (NAME_MAX) and
+    of the whole path (PATH_MAX) and write permission, then makes the missing folders (a read-only
+    or virtual file system such as /proc refuses only then) and removes them again.
     """
     path = Path(folder).absolute()
     existing = next(p for p in (path, *path.parents) if _lexists(p))
@@ -152,7 +157,36 @@ def folder_problem(folder):
                 f"the {path_max} bytes its file system allows")
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"permission denied on {existing}"
-    return None
+    return creation_problem(path, existing)
+
+
+def creation_problem(path, existing, attempts=10):
+    """None if the folders from `existing` (an ancestor of `path`) down to `path` can be made, else
+    the OS's reason, naming the folder. Makes them to find out, then removes the ones it made. A
+    folder that vanishes meanwhile (another run probing the same parent removed it) is tried again."""
+    missing = [p for p in (path, *path.parents) if p != existing and existing in p.parents]
+    for attempt in range(attempts):
+        made = []
+        try:
+            for folder in reversed(missing):  # the outermost first
+                try:
+                    folder.mkdir()
+                    made.append(folder)
+                except FileExistsError:
+                    if not folder.is_dir():
+                        raise
+            return None
+        except FileNotFoundError as err:
+            problem = f"cannot make {folder}: {err.strerror or err}"
+        except OSError as err:
+            return f"cannot make {folder}: {err.strerror or err}"
+        finally:
+            for made_folder in reversed(made):
+                try:
+                    made_folder.rmdir()
+                except OSError:  # another run's folder in it by now: it is theirs
+                    break
+    return problem
 
 
 def feature_cache_root():
@@ -475,6 +509,11 @@ def is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_number(value):
+    """A JSON number: int or float but not bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def state_problem(state, checkpoint_dir):
     """What is wrong with a checkpoint's state.json dict, or None."""
     if not isinstance(state, dict):
@@ -495,7 +534,7 @@ def state_problem(state, checkpoint_dir):
         if row.get("epoch") != i + 1 or not is_int(row["epoch"]):
             return f"history row {i + 1} has epoch {row.get('epoch')!r}"
         for key, value in row.items():
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            if value is not None and not is_number(value):
                 return f"history row {i + 1}: {key} is {value!r}, not a number"
     if not isinstance(name, str) or not name.endswith(".keras") or name.startswith(".") \
             or "/" in name or "\\" in name or "\0" in name:
@@ -507,8 +546,46 @@ def state_problem(state, checkpoint_dir):
         return f"model file {name} is empty"
     if not zipfile.is_zipfile(path):
         return f"model file {name} is not a .keras archive (cut short or overwritten)"
+    problem = digest_problem(path, state.get("model_sha256"), "state.json")
+    if problem:
+        return problem
     if not isinstance(seeds, list) or not seeds or not all(map(is_int, seeds)):
         return f"sampling_seed_state must be a list of integers, got {seeds!r}"
+    return inside_epoch_problem(state)
+
+
+def inside_epoch_problem(state):
+    """What is wrong with the fields of a checkpoint taken inside an epoch (batch, metric_states,
+    epoch_seconds), or None; an epoch's-end checkpoint has none of them."""
+    if "batch" not in state:
+        return None
+    batch, metrics, seconds = state["batch"], state.get("metric_states"), state.get("epoch_seconds")
+    if not is_int(batch) or batch < 1:
+        return f"batch must be a whole number >= 1, got {batch!r}"
+    if not isinstance(metrics, dict) or not all(
+            isinstance(values, list) and all(is_number(v) for v in values) for values in metrics.values()):
+        return f"metric_states must map metric names to lists of numbers, got {metrics!r}"[:300]
+    if seconds is not None and not is_number(seconds):
+        return f"epoch_seconds must be a number, got {seconds!r}"
+    return None
+
+
+
+def is_sha256(value):
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def digest_problem(path, recorded, where):
+    """None if the file at `path` has the SHA-256 `recorded` (in `where`) when it was written, else
+    what is wrong: damage that still parses (bytes changed inside the weights) must not be trained
+    on or evaluated. A file from before digests were recorded (`recorded` None) passes."""
+    if recorded is None:
+        return None
+    if not is_sha256(recorded):
+        return f"{where} records the SHA-256 of {Path(path).name} as {recorded!r}, not 64 hex digits"
+    if file_sha256(path) != recorded:
+        return (f"{Path(path).name} has changed since it was written: its SHA-256 differs from the one "
+                f"{where} recorded")
     return None
 
 

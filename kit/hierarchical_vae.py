@@ -265,7 +265,7 @@ class HierarchicalVAE(common.OptimizerBuiltBeforeTracing, keras.Model):
             self.decoder_blocks = _per_resolution(decoder_blocks_per_resolution, self.chain,
                                                   "decoder_blocks_per_resolution")
         self._config = dict(image_shape=list(image_shape), widths=widths, blocks_per_resolution=blocks_per_resolution,
-                            latent_channels=self.latent_channels, latent_resolutions=list(resolutions),
+                            latent_channels=self.latent_channels, latent_resolutions=list(self.group_resolutions),
                             likelihood=likelihood, mixture_components=self.mixture_components,
                             gaussian_sigma=gaussian_sigma, dataset=dataset, seed=seed,
                             bottleneck_ratio=self.bottleneck_ratio,

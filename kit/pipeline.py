@@ -2,17 +2,20 @@
 import tensorflow as tf
 
 
-def shuffled_batches(arrays, batch_size, seed, first_epoch, epochs):
+def shuffled_batches(arrays, batch_size, seed, first_epoch, epochs, done_batches=0, drop_remainder=False):
     """Batches of `arrays` (a tuple of arrays with the same first axis; batches are tuples, or the
-    array itself for one) for epochs [first_epoch, epochs). Each epoch is a permutation keyed by
-    (seed, epoch), so a resumed run sees the batches an uninterrupted one would."""
+    array itself for one) for epochs [first_epoch, epochs), without the first `done_batches` of
+    first_epoch (trained before a mid-epoch checkpoint), and with drop_remainder without each
+    epoch's last, smaller batch. Each epoch is a permutation keyed by (seed, epoch), so a resumed
+    run sees the batches an uninterrupted one would."""
     tensors = tuple(tf.constant(a) for a in arrays)
     n = len(arrays[0])
 
     def epoch_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(
             tf.range(n, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
+        return batches.skip(tf.where(epoch == first_epoch, tf.cast(done_batches, tf.int64), 0))
 
     def gather(idx):  # whole batches from one tensor: far cheaper than slicing images one by one
         batch = tuple(tf.gather(t, idx) for t in tensors)

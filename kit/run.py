@@ -17,13 +17,13 @@ import numpy as np
 import tensorflow as tf
 
 import common  # noqa: F401  (registers the model classes for keras.models.load_model)
-from kit.atomic_files import atomic_path, read_csv, write_json
-from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, StopOnNonFinite,
-                           StopOnSignal, first_line, load_checkpoint, load_model_file,
+from kit.atomic_files import atomic_path, file_sha256, read_csv, write_json, write_text
+from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, ResumeInsideEpoch,
+                           StopOnNonFinite, StopOnSignal, first_line, load_checkpoint, load_model_file,
                            stop_on_signal_at_once)
 from kit.config import GMM_FIT_IMAGES, data_problem
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
-from kit.guards import estimate_for, free_space_warning, is_chief, is_int
+from kit.guards import digest_problem, estimate_for, free_space_warning, is_chief, is_int
 from kit import sample_quality
 from kit.evaluate import EVAL_BATCH, compute_metrics, decode_images, posterior_means, reconstruct, to_uint8
 from kit.models import KIT_MODELS, describe, is_hierarchical, latent_groups_note
@@ -121,23 +121,34 @@ def data_title(spec, splits):
 def steps_per_epoch(config, splits, strategy):
     """Batches per epoch, after checking that every batch splits over the strategy's replicas:
     Keras builds the model from the first batch's replica shares, which must be equal, and an empty
-    share of the last batch breaks TensorFlow's CPU convolutions."""
+    share of the last batch breaks TensorFlow's CPU convolutions: a last batch with fewer images
+    than replicas is left out of each epoch (train_batches), saying so."""
     n, batch, replicas = len(splits.x_train), config.batch_size, strategy.num_replicas_in_sync
     if replicas > 1 and min(batch, n) % replicas:
         raise UsageError(f"--batch-size {batch} ({n} training images) does not split evenly over "
                          f"{replicas} replicas; use a multiple of {replicas}")
     if replicas > 1 and 0 < n % batch < replicas:
-        raise UsageError(f"the last batch of each epoch would hold {n % batch} image(s), fewer than the "
-                         f"{replicas} replicas; change --batch-size or --limit")
+        steps = n // batch
+        if steps % config.steps_per_execution:
+            raise UsageError(f"--steps-per-execution {config.steps_per_execution} must divide the {steps} "
+                             f"steps of an epoch ({n} images, --batch-size {batch}, the last {n % batch} "
+                             f"left out)")
+        print(f"Each epoch leaves out {n % batch} of its {n} training images, the last of its shuffled "
+              f"order (others each epoch): a batch of {n % batch} cannot be split over {replicas} replicas")
+        return steps
     return math.ceil(n / batch)
 
 
-def train_batches(config, x, first_epoch):
+def train_batches(config, x, first_epoch, steps_per_epoch=None, inside_epoch=None):
     """Batches for epochs [first_epoch, epochs): a fresh permutation per epoch, keyed by
-    (seed, epoch) so a resumed run sees exactly the batches the uninterrupted one would. The images
-    stay 8-bit in the pipeline (a quarter of float32, for every worker) and become k / 255 per batch,
-    the same float32 values as the loaders'."""
-    ds = shuffled_batches((to_uint8(x),), config.batch_size, config.seed, first_epoch, config.epochs)
+    (seed, epoch) so a resumed run sees exactly the batches the uninterrupted one would (from a
+    checkpoint `inside_epoch`, without the batches first_epoch had done), `steps_per_epoch` of them
+    when given (a last batch that steps_per_epoch left out is dropped). The images stay 8-bit in the pipeline
+    (a quarter of float32, for every worker) and become k / 255 per batch, the same float32 values
+    as the loaders'."""
+    done = inside_epoch["batch"] if inside_epoch else 0
+    ds = shuffled_batches((to_uint8(x),), config.batch_size, config.seed, first_epoch, config.epochs, done,
+                          drop_remainder=bool(steps_per_epoch) and steps_per_epoch * config.batch_size < len(x))
     ds = ds.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
     return with_sharding(ds.prefetch(tf.data.AUTOTUNE))
 
@@ -169,8 +180,10 @@ def adam(config, steps_per_epoch):
 
 
 def resume_from_checkpoint(config, spec):
-    """(model with its optimizer state, history so far) from the checkpoint in outdir. A run whose
-    training is done but whose evaluation never finished resumes to finish it (fit runs no epoch)."""
+    """(model with its optimizer state, history so far, where inside the next epoch) from the
+    checkpoint in outdir; the last is None for a checkpoint at an epoch's end, else its state.json's
+    batch, metric_states and epoch_seconds. A run whose training is done but whose evaluation never
+    finished resumes to finish it (fit runs no epoch)."""
     model, state = load_checkpoint(Path(config.outdir) / "checkpoint")
     check_model_matches(model, config, spec, f"the checkpoint in {config.outdir}")
     for name, said, has in described_options(model, config):  # config.json must describe the model
@@ -178,6 +191,13 @@ def resume_from_checkpoint(config, spec):
             raise DamagedRunError(f"the checkpoint in {config.outdir} is damaged: config.json says "
                                   f"{name} {said}, its model has {has}")
     epoch = state["epoch"]
+    if "batch" in state:
+        inside = {key: state[key] for key in ("batch", "metric_states", "epoch_seconds")}
+        if config.epochs <= epoch:
+            raise UsageError(f"the checkpoint is inside epoch {epoch + 1} (batch {state['batch']}); pass "
+                             f"--epochs {epoch + 1} or more to finish it")
+        print(f"Resuming inside epoch {epoch + 1}, after its batch {state['batch']}, of {config.outdir}")
+        return model, list(state["history"]), inside
     if evaluated_epoch(config.outdir) == epoch >= config.epochs:
         raise UsageError(f"the checkpoint is already at epoch {epoch} and its run is finished; "
                          f"pass --epochs larger than that to train on")
@@ -188,7 +208,7 @@ def resume_from_checkpoint(config, spec):
         print(f"Training of {config.outdir} is done (epoch {state['epoch']}): finishing its evaluation")
     else:
         print(f"Resuming from epoch {state['epoch']} of {config.outdir}")
-    return model, list(state["history"])
+    return model, list(state["history"]), None
 
 
 def described_options(model, config):
@@ -197,7 +217,7 @@ def described_options(model, config):
     said = "hierarchical" if config.arch == "hierarchical" else "plain or resnet"
     rows = [("arch", said, arch), ("likelihood", config.likelihood, model.likelihood)]
     if is_hierarchical(model) and config.arch == "hierarchical":
-        rows += [("latent_resolutions", sorted(config.latent_resolutions), model.group_resolutions),
+        rows += [("latent_resolutions", config.latent_resolutions, model.group_resolutions),
                  ("latent_channels", config.latent_channels, model.latent_channels)]
     elif arch == said:
         rows.append(("latent_dim", config.latent_dim, model.latent_dim))
@@ -218,6 +238,9 @@ def evaluated_epoch(outdir):
 def load_saved_model(config, spec):
     """The --eval-only .keras VAE, checked to fit this data set."""
     path = config.eval_only
+    problem = digest_problem(path, recorded_digest(path), digest_path(path).name)
+    if problem:
+        raise UsageError(f"cannot load {path} as a VAE: {problem} (damaged?)")
     model = load_model_file(path, lambda why: UsageError(f"cannot load {path} as a VAE: {why}"))
     if not isinstance(model, KIT_MODELS):  # common.VAE or the hierarchical VAE
         raise UsageError(f"{path} is a Keras model, but not one of this kit's VAEs")
@@ -241,7 +264,8 @@ def start_run_folder(config, spec, splits):
         return
     outdir = Path(config.outdir)
     if not config.resume:  # and the pictures that only one architecture (or a 2-D latent) draws
-        for stale in ("metrics.json", "report.html", "model.keras", "latent_gmm.npz", "history.csv",
+        for stale in ("metrics.json", "report.html", "model.keras", "model.keras.sha256", "latent_gmm.npz",
+                      "history.csv",
                       "checkpoint/state.json", "samples_gmm.png", "latent_manifold.png",
                       "samples_temperatures.png", "kl_per_group.png"):
             (outdir / stale).unlink(missing_ok=True)
@@ -260,9 +284,10 @@ def start_run_folder(config, spec, splits):
         "test_images": len(splits.x_test)})
 
 
-def training_callbacks(config, spec, splits, history):
-    """Epoch timer, KL warm-up, NaN and signal stops, and the per-epoch checkpoint, which appends
-    to `history` and redraws the loss curves."""
+def training_callbacks(config, spec, splits, history, inside_epoch=None):
+    """Epoch timer, KL warm-up, NaN and signal stops, the checkpoints (every epoch, which appends
+    to `history` and redraws the loss curves, and every --checkpoint-minutes inside one), and, from
+    a checkpoint `inside_epoch`, the rest of that epoch."""
     outdir = Path(config.outdir)
     title = data_title(spec, splits)
     note = (latent_groups_note(config.latent_resolutions, config.latent_channels)
@@ -271,8 +296,11 @@ def training_callbacks(config, spec, splits, history):
     def draw(rows):
         write_loss_curves(rows, outdir, title, note)
 
-    callbacks = [EpochTimer(), StopOnNonFinite(), StopOnSignal(),
-                 EpochCheckpoint(outdir, history, draw, is_chief=is_chief())]
+    timer = EpochTimer((inside_epoch or {}).get("epoch_seconds") or 0.0)
+    stop = StopOnSignal()  # after the checkpoint, which saves before a stop by signal
+    callbacks = [timer, StopOnNonFinite(), ResumeInsideEpoch(inside_epoch),
+                 EpochCheckpoint(outdir, history, draw, is_chief=is_chief(), minutes=config.checkpoint_minutes,
+                                 stop=stop, timer=timer), stop]
     if config.kl_warmup:
         callbacks.insert(0, KLWarmup(config.beta, config.kl_warmup))
     if config.tensorboard and is_chief():  # one log, not one per worker
@@ -288,13 +316,25 @@ def resume_hint_on_stop(config, history):
     try:
         yield
     except (TrainingStopped, WriteError) as stop:
-        if history:
-            stop.hint = (f"{len(history)} epoch(s) are saved in {config.outdir}. Resume with:\n"
+        batches = batches_saved_inside_epoch(config.outdir, len(history))
+        if history or batches:
+            saved = " and ".join(([f"{len(history)} epoch(s)"] if history else [])
+                                 + ([f"{batches} batch(es) of epoch {len(history) + 1}"] if batches else []))
+            stop.hint = (f"{saved} are saved in {config.outdir}. Resume with:\n"
                          f"  python {Path(sys.argv[0]).name} --resume --outdir {config.outdir} "
                          f"--epochs {config.epochs}")
         else:
             stop.hint = "no epoch finished, so there is nothing to resume"
         raise
+
+
+def batches_saved_inside_epoch(outdir, epochs):
+    """The batches of epoch `epochs` + 1 that outdir's checkpoint holds (0 when it holds none)."""
+    try:
+        state = json.loads((Path(outdir) / "checkpoint" / "state.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return state.get("batch", 0) if state.get("epoch") == epochs else 0
 
 
 @contextmanager
@@ -315,8 +355,30 @@ def finish_hint_on_stop(config, history):
 
 
 def save_model(model, config):
-    with atomic_path(Path(config.outdir) / "model.keras") as tmp:
+    """model.keras, then model.keras.sha256 (sha256sum's format), which --eval-only checks: damage
+    that still loads must not be evaluated. The old digest goes first, so none is ever stale."""
+    path = Path(config.outdir) / "model.keras"
+    digest_path(path).unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
         model.save(tmp)
+    write_text(digest_path(path), f"{file_sha256(path)}  {path.name}\n")
+
+
+def digest_path(model_path):
+    """Where the SHA-256 of a model file that a run saved is kept: beside it, + .sha256."""
+    return Path(f"{model_path}.sha256")
+
+
+def recorded_digest(model_path):
+    """The SHA-256 recorded for a model file when it was saved (None when none was), as its
+    .sha256 file holds it; a file that cannot be read or holds no digest counts as damage."""
+    path = digest_path(model_path)
+    if not path.exists():
+        return None
+    try:
+        return path.read_text().split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return "(unreadable)"
 
 
 # --- evaluation and pictures --------------------------------------------------------------------

@@ -298,3 +298,18 @@ def test_eval_only_and_resume_take_a_new_temperature_but_not_the_models_options(
     assert parse_config(FASHION_MNIST, ["--resume", "--outdir", folder, "--temperature", "0.5"]).temperature == 0.5
     assert "--latent-channels 3 does not match the run in" in refusal(
         ["--resume", "--outdir", folder, "--latent-channels", "3"])
+
+
+def test_latent_resolutions_are_recorded_and_compared_coarse_first(outdir, tmp_path):
+    """14,7,1 is the model 1,7,14 (the hierarchical VAE builds its groups coarse first): config.json
+    records it so, and resuming a run with either order, or a run recorded fine first by an older
+    kit, is not refused."""
+    config = parse_config(FASHION_MNIST, ["--arch", "hierarchical", "--latent-resolutions", "14,7,1,7",
+                                          "--outdir", outdir])
+    assert config.latent_resolutions == config.to_dict()["latent_resolutions"] == [1, 7, 7, 14]
+    folder = fake_run(tmp_path / "run", FASHION_MNIST, arch="hierarchical", latent_resolutions=[14, 7, 1])
+    for given in ("1,7,14", "14,7,1", "7,1,14"):
+        resumed = parse_config(FASHION_MNIST, ["--resume", "--outdir", folder, "--latent-resolutions", given])
+        assert resumed.latent_resolutions == [1, 7, 14]
+    assert "--latent-resolutions 1,7 does not match the run in" in refusal(
+        ["--resume", "--outdir", folder, "--latent-resolutions", "7,1"])

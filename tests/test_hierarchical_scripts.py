@@ -120,24 +120,32 @@ def test_the_checkpoint_keeps_the_hierarchical_models_sampling_state(tiny, tmp_p
 @pytest.fixture(scope="module")
 def cifar_run(tmp_path_factory, cifar_dir):
     """Two epochs of a tiny hierarchical VAE, with the Fréchet distances (a small feature net), into
-    a folder holding a seed VAE's pictures that this run does not draw; and a copy of its run folder
-    as it was after epoch 1's checkpoint, history and loss curves: what a run stopped there
-    (SIGTERM, kill -9) leaves, for the resume test."""
+    a folder holding a seed VAE's pictures that this run does not draw; and copies of its run folder
+    as it was after epoch 1's checkpoint, history and loss curves, and after the checkpoint inside
+    epoch 2 (a checkpoint after every batch but an epoch's last: --checkpoint-minutes 1e-9): what a
+    run stopped there (SIGTERM, kill -9) leaves, for the resume tests."""
     folder = tmp_path_factory.mktemp("hvae_cifar")
     outdir, after_epoch_1 = folder / "run", folder / "after_epoch_1"
     outdir.mkdir()
     for name in NOT_WRITTEN:
         (outdir / name).write_bytes(b"an older run's")
-    real_epoch_end = EpochCheckpoint.on_epoch_end
+    real_epoch_end, real_batch_end = EpochCheckpoint.on_epoch_end, EpochCheckpoint.on_train_batch_end
 
     def epoch_end_and_copy(callback, epoch, logs=None):
         real_epoch_end(callback, epoch, logs)
         if epoch == 0:
             shutil.copytree(outdir, after_epoch_1)
 
-    with mock.patch.object(EpochCheckpoint, "on_epoch_end", epoch_end_and_copy):
+    def batch_end_and_copy(callback, batch, logs=None):
+        real_batch_end(callback, batch, logs)
+        if len(callback.history) == 1 and not (folder / "inside_epoch_2").exists():
+            shutil.copytree(outdir, folder / "inside_epoch_2")
+
+    with mock.patch.object(EpochCheckpoint, "on_epoch_end", epoch_end_and_copy), \
+            mock.patch.object(EpochCheckpoint, "on_train_batch_end", batch_end_and_copy):
         result = run_in_process("vae_cifar10.py", "--data-dir", cifar_dir, "--outdir", outdir, "--epochs", 2,
-                                "--iw-samples", 2, "--fd-images", 16, *QUICK, *CIFAR_HVAE)
+                                "--iw-samples", 2, "--fd-images", 16, "--checkpoint-minutes", "1e-9", *QUICK,
+                                *CIFAR_HVAE)
     assert result.returncode == 0, result.stderr[-3000:]
     return outdir, result, after_epoch_1
 
@@ -213,17 +221,20 @@ def test_eval_only_reproduces_the_runs_metrics(cifar_run, cifar_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(cifar_run, tmp_path):
-    """--resume of the run folder as it was after epoch 1 trains epoch 2 as the uninterrupted run
-    did: weights, optimizer state, skip counter, sampling noise and data order."""
+@pytest.mark.parametrize("stopped", ["after_epoch_1", "inside_epoch_2"])
+def test_resume_continues_to_the_same_history_as_an_uninterrupted_run(cifar_run, tmp_path, stopped):
+    """--resume of the run folder as it was after epoch 1, or after batch 1 of epoch 2, trains
+    (the rest of) epoch 2 as the uninterrupted run did: weights, optimizer state, skip counter,
+    sampling noise, data order and the epoch's metric sums."""
     outdir, _, after_epoch_1 = cifar_run
-    shutil.copytree(after_epoch_1, tmp_path / "run")
+    shutil.copytree(after_epoch_1.parent / stopped, tmp_path / "run")
     assert [row["epoch"] for row in read_csv(tmp_path / "run" / "history.csv")] == [1]
     assert not (tmp_path / "run" / "metrics.json").exists()
     resumed = run_in_process("vae_cifar10.py", "--resume", "--outdir", tmp_path / "run", "--epochs", 2,
                              "--iw-samples", 0, "--fd-images", 0)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming from epoch 1" in resumed.stdout
+    assert ("Resuming from epoch 1" if stopped == "after_epoch_1"
+            else "Resuming inside epoch 2, after its batch 1") in resumed.stdout
     history = read_csv(tmp_path / "run" / "history.csv")
     assert [row["epoch"] for row in history] == [1, 2]
     straight = read_csv(outdir / "history.csv")

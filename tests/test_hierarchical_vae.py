@@ -37,7 +37,9 @@ def test_resolutions_divide_exactly_for_both_data_sets():
     assert resolution_chain(32) == [32, 16, 8, 4, 1]
     assert resolution_chain(28) == [28, 14, 7, 1]
     assert resolution_chain(2) == [2, 1]
-    model = build_hierarchical_vae((28, 28, 1), (8, 8, 8, 8), 1, 2, (1, 7, 14), likelihood="bernoulli", seed=0)
+    model = build_hierarchical_vae((28, 28, 1), (8, 8, 8, 8), 1, 2, (14, 1, 7), likelihood="bernoulli", seed=0)
+    # Groups in any order are built, and recorded, coarse first (config.py: in_canonical_order).
+    assert model.group_resolutions == model.get_config()["latent_resolutions"] == [1, 7, 14]
     assert model.latent_shapes == [(1, 1, 2), (7, 7, 2), (14, 14, 2)]
     reconstruction, kl = model.per_image_losses(images(2, (28, 28, 1)))
     assert reconstruction.shape == (2,) and kl.shape == (2,)

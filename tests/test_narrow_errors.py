@@ -98,8 +98,14 @@ def test_a_checkpoint_that_keras_cannot_load_is_damaged_but_a_bug_is_a_bug(saved
     assert state["epoch"] == 1 and model.latent_dim == 2
     rewritten(path, tmp_path / "damaged.keras", "model.weights.h5", lambda c: c[:len(c) // 2])
     (tmp_path / "damaged.keras").replace(path)
+    with pytest.raises(DamagedRunError, match=r"damaged: ckpt-epoch0001.keras has changed since it was written"):
+        load_checkpoint(tmp_path)  # the SHA-256 that state.json recorded, before Keras reads a byte
+    state_path = tmp_path / "state.json"  # a checkpoint from before digests were recorded: the loader
+    state_path.write_text(json.dumps({k: v for k, v in state.items() if k != "model_sha256"}))
     with pytest.raises(DamagedRunError, match=r"damaged: cannot load ckpt-epoch0001.keras \(OSError: "):
         load_checkpoint(tmp_path)
+
+    checkpoint(saved_vae[0], tmp_path)  # sound again
 
     def buggy(path, *args, **kwargs):
         raise TypeError("'NoneType' object is not subscriptable")

@@ -30,6 +30,33 @@ def test_training_batches_stay_8_bit_and_decode_to_the_loaders_values(tmp_path):
     assert len(images[0].tensor_content) == splits.x_train.size  # one byte per sub-pixel
 
 
+def test_a_last_batch_too_small_to_split_is_left_out_and_a_resumed_epoch_skips_its_done_batches(
+        tmp_path, capsys):
+    """49 images in batches of 16 over 2 replicas: the last batch of 1 is dropped, a different
+    image each epoch, with one line saying so. From a checkpoint after batch 2 of epoch 2, the
+    batches are the uninterrupted run's from there on."""
+    from types import SimpleNamespace
+    splits = load_fashion_mnist(str(write_fashion_mnist(tmp_path, n_train=49, n_test=5)))
+    config = parse_config(FASHION_MNIST, ["--epochs", "2", "--batch-size", "16", "--outdir", str(tmp_path / "o")])
+    steps = steps_per_epoch(config, splits, SimpleNamespace(num_replicas_in_sync=2))
+    assert steps == 3
+    assert capsys.readouterr().out == ("Each epoch leaves out 1 of its 49 training images, the last of its "
+                                       "shuffled order (others each epoch): a batch of 1 cannot be split "
+                                       "over 2 replicas\n")
+    every = [b.numpy() for b in train_batches(config, splits.x_train, first_epoch=0)]
+    assert [len(b) for b in every] == [16, 16, 16, 1] * 2
+    kept = [b.numpy() for b in train_batches(config, splits.x_train, 0, steps)]
+    assert len(kept) == 6
+    for got, want in zip(kept, every[:3] + every[4:7]):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(every[3], every[7])  # not always the same image left out
+    resumed = [b.numpy() for b in train_batches(config, splits.x_train, 1, steps, inside_epoch={"batch": 2})]
+    assert len(resumed) == 1
+    np.testing.assert_array_equal(resumed[0], kept[5])
+    resumed = [b.numpy() for b in train_batches(config, splits.x_train, 0, inside_epoch={"batch": 3})]
+    assert len(resumed) == 5 and all(np.array_equal(a, b) for a, b in zip(resumed, every[3:]))
+
+
 def test_validation_batches_hold_exactly_the_held_out_images(tmp_path):
     splits = load_fashion_mnist(str(write_fashion_mnist(tmp_path, n_train=50, n_test=5))).hold_out(12, seed=1)
     images = np.concatenate([b.numpy() for b in validation_batches(splits)])

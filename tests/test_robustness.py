@@ -77,6 +77,88 @@ def test_resume_past_the_requested_epochs_is_refused(straight_run, fashion_dir):
     assert result.returncode == 2 and "already at epoch 3" in result.stderr
 
 
+def sigterm_at_batch(monkeypatch, n):
+    """SIGTERM, as its handler receives it, just before the n-th training step of the run (counted
+    over epochs from 1): the step still runs, then the run stops."""
+    steps = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps.append(batch)
+        if len(steps) == n:
+            self._handle(signal.SIGTERM, None)
+    monkeypatch.setattr(StopOnSignal, "on_train_batch_begin", on_train_batch_begin, raising=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step, epochs, batch, saved", [(4 + 2, 1, 2, "1 epoch(s) and 2 batch(es) of epoch 2"),
+                                                       (4, 0, 4, "4 batch(es) of epoch 1")])
+def test_sigterm_inside_an_epoch_checkpoints_and_resume_continues_to_the_same_history(
+        straight_run, fashion_dir, tmp_path, monkeypatch, step, epochs, batch, saved):
+    """SIGTERM after batch 2 of epoch 2 (4 batches an epoch), or after epoch 1's last batch (before
+    its end), writes a checkpoint there, the last being older than SIGNAL_CHECKPOINT_AGE_S (0 here;
+    a minute in real runs); --resume trains the rest of that epoch on the same data, noise and
+    metric sums, then the next: the history equals the uninterrupted run's, the interrupted
+    epoch's row too."""
+    from kit import callbacks
+    monkeypatch.setattr(callbacks, "SIGNAL_CHECKPOINT_AGE_S", 0.0)
+    sigterm_at_batch(monkeypatch, step)
+    stopped = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 3,
+                             "--limit", 128, "--outdir", tmp_path, *QUICK)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert f"{saved} are saved in {tmp_path}. Resume with:" in stopped.stderr
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert (state["epoch"], state["batch"], state["model"]) == (
+        epochs, batch, f"ckpt-epoch{epochs + 1:04d}-batch{batch:06d}.keras")
+    assert sorted(state["metric_states"]) == ["kl_loss", "loss", "reconstruction_loss"]
+    assert len(state["history"]) == epochs and not (tmp_path / "metrics.json").exists()
+    monkeypatch.undo()
+    resumed = run_in_process("vae_fashion_mnist.py", "--epochs", 3, "--outdir", tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming inside epoch {epochs + 1}, after its batch {batch}, of {tmp_path}" in resumed.stdout
+    history = read_csv(tmp_path / "history.csv")
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    np.testing.assert_allclose(losses(history), losses(read_csv(straight_run / "history.csv")),
+                               rtol=HISTORY_RTOL)
+    assert history[epochs]["epoch_seconds"] > state["epoch_seconds"] > 0  # the time before the stop counts
+
+
+def test_checkpoints_inside_an_epoch_come_when_due_and_a_stop_on_the_last_step_saves_it(tmp_path, monkeypatch):
+    """Due by --checkpoint-minutes: after any step but an epoch's last (its end saves that); due by
+    a signal: after the last step too, which the stop would otherwise lose."""
+    from types import SimpleNamespace
+    from kit import callbacks
+    saved = []
+    monkeypatch.setattr(callbacks, "save_checkpoint", lambda model, folder, epoch, history, inside_epoch=None:
+                        saved.append((epoch, inside_epoch["batch"])))
+    stop = StopOnSignal()
+    checkpoint = callbacks.EpochCheckpoint(tmp_path, [], lambda rows: None, minutes=1e-9, stop=stop)
+    checkpoint.set_params({"steps": 4})
+    checkpoint.set_model(SimpleNamespace(metrics=[]))
+    checkpoint.on_train_begin()
+    for batch in range(4):
+        checkpoint.on_train_batch_end(batch)
+    assert saved == [(0, 1), (0, 2), (0, 3)]
+    monkeypatch.setattr(callbacks, "SIGNAL_CHECKPOINT_AGE_S", 0.0)
+    checkpoint.period_s = 0.0  # signals only
+    checkpoint.on_train_batch_end(2)
+    assert len(saved) == 3  # no signal, nothing due
+    stop._handle(signal.SIGTERM, None)
+    checkpoint.on_train_batch_end(3)
+    assert saved[-1] == (0, 4)
+
+
+@pytest.mark.slow
+def test_sigterm_soon_after_a_checkpoint_writes_none(fashion_dir, tmp_path, monkeypatch):
+    """The last checkpoint (here: the start of training) is younger than a minute: the stop saves
+    nothing more, so a stop in epoch 1 leaves nothing to resume."""
+    sigterm_at_batch(monkeypatch, 2)
+    stopped = run_in_process("vae_fashion_mnist.py", "--data-dir", fashion_dir, "--epochs", 1,
+                             "--limit", 128, "--outdir", tmp_path, *QUICK)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "no epoch finished, so there is nothing to resume" in stopped.stderr
+    assert not (tmp_path / "checkpoint").exists()
+
+
 def start_long_run(fashion_dir, outdir, resume=False):
     """A 500-epoch run in its own process (or, resume=True, the --resume of the run in outdir)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -143,6 +225,39 @@ def test_sigterm_stops_at_a_safe_point_and_kill_9_of_the_resumed_run_loses_at_mo
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["epoch"] for r in read_csv(tmp_path / "history.csv")] == list(range(1, state["epoch"] + 2))
     assert not leftover_temporaries(tmp_path)  # the resumed run cleared what the killed one left
+
+
+@pytest.mark.scenario
+@pytest.mark.slow
+def test_kill_9_inside_an_epoch_loses_only_the_steps_since_the_last_checkpoint(straight_run, fashion_dir,
+                                                                               tmp_path):
+    """A checkpoint after every step (--checkpoint-minutes 1e-9) and kill -9 as soon as one inside
+    epoch 2 is committed: --resume continues from there to the uninterrupted run's history."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "vae_fashion_mnist.py"), "--data-dir", str(fashion_dir),
+                                "--epochs", "3", "--limit", "128", "--outdir", str(tmp_path), *QUICK,
+                                "--checkpoint-minutes", "1e-9"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    state_path, deadline = tmp_path / "checkpoint" / "state.json", time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("epoch") == 1 and "batch" in state:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    process.kill()
+    process.communicate(timeout=60)
+    from kit.guards import state_problem
+    state = json.loads(state_path.read_text())  # the older model file may still be there: a kill
+    assert state_problem(state, tmp_path / "checkpoint") is None  # between commit and clean-up
+    assert state["epoch"] >= 1  # inside epoch 2 unless the kill landed after its end
+    resumed = run_in_process("vae_fashion_mnist.py", "--epochs", 3, "--outdir", tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    np.testing.assert_allclose(losses(read_csv(tmp_path / "history.csv")),
+                               losses(read_csv(straight_run / "history.csv")), rtol=HISTORY_RTOL)
 
 
 def test_ctrl_c_stops_after_the_running_step_with_exit_130():
