@@ -21,10 +21,11 @@ HUGE = str(10 ** 30)
 INT_OPTIONS = ["--epochs", "--batch-size", "--latent-dim", "--kl-warmup", "--mixture-components",
                "--blocks-per-resolution", "--seed", "--limit", "--iw-samples", "--iwae-images",
                "--fd-images", "--gmm-components", "--steps-per-execution", "--validation-images",
-               "--latent-channels"]
+               "--latent-channels", "--warmup-steps"]
 LIST_OPTIONS = ["--encoder-filters", "--encoder-dense", "--decoder-filters", "--decoder-dense",
                 "--hvae-widths", "--hvae-blocks", "--latent-resolutions"]
-FLOAT_OPTIONS = ["--beta", "--lr", "--temperature", "--grad-clip", "--skip-threshold"]
+FLOAT_OPTIONS = ["--beta", "--lr", "--temperature", "--grad-clip", "--skip-threshold", "--adam-beta2",
+                 "--weight-decay", "--ema"]
 CASES = ([(option, value) for option in INT_OPTIONS + LIST_OPTIONS for value in ("0", "1", "-1", HUGE)]
          + [(option, value) for option in FLOAT_OPTIONS for value in ("0", "1", "-1", "1e308", "nan", "inf")])
 SPECS = {"fashion_mnist": FASHION_MNIST, "cifar10": CIFAR10}
