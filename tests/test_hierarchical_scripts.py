@@ -122,7 +122,7 @@ def test_the_hierarchical_preset_trains_with_vdvaes_optimizer_and_the_others_wit
     config = parse_config(CIFAR10, ["--preset", "hierarchical", "--lr-schedule", "constant"])
     optimizer = adam(config, steps_per_epoch=1000)
     assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == 0.01
-    assert optimizer.beta_2 == 0.9 and optimizer.use_ema and optimizer.ema_momentum == 0.999
+    assert optimizer.beta_2 == 0.9 and optimizer.use_ema and optimizer.ema_momentum == 0.99
     # A linear warm-up from 0 over 100 steps, then --lr.
     rates = [float(optimizer._learning_rate(step)) for step in (0, 50, 100, 10_000)]  # the schedule
     np.testing.assert_allclose(rates, [0.0, 1e-3, 2e-3, 2e-3], rtol=1e-6)
@@ -209,7 +209,7 @@ def test_the_saved_model_holds_the_ema_weights_and_the_checkpoint_both(cifar_run
     outdir, _, _ = cifar_run
     saved = keras.models.load_model(outdir / "model.keras")
     checkpoint, state = load_checkpoint(outdir / "checkpoint")
-    assert state["epoch"] == 2 and checkpoint.optimizer.ema_momentum == 0.999
+    assert state["epoch"] == 2 and checkpoint.optimizer.ema_momentum == 0.99
     averages = [v.numpy() for v in checkpoint.optimizer._model_variables_moving_average]
     for saved_weight, average in zip(saved.trainable_weights, averages):
         np.testing.assert_array_equal(saved_weight.numpy(), average)
