@@ -143,12 +143,17 @@ def residual_block(x, width, kernel_size=3):
 class OptimizerBuiltBeforeTracing:
     """Makes the optimizer's variables before the train step is traced: made inside its first trace
     (Keras defers them there without a tf.distribute strategy), they make TensorFlow trace the step
-    twice, twice the start-up of every fit."""
+    twice, twice the start-up of every fit. With use_ema, the average starts at the weights: Keras
+    starts it at zeros and copies the weights in at the first applied update, so a fit whose
+    updates were all skipped would end (finalize_variable_values) with every weight zero."""
 
     def make_train_function(self, force=False):
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
+                for average, weight in zip(getattr(self.optimizer, "_model_variables_moving_average", ()),
+                                           self.trainable_variables):
+                    average.assign(weight)
         return super().make_train_function(force)
 
 

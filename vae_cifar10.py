@@ -8,7 +8,7 @@ the named helpers in kit/.
 """
 import sys
 
-from kit.config import KERAS_IO_PRESET, DatasetSpec, parse_config
+from kit.config import HIERARCHICAL_TRAINING, KERAS_IO_PRESET, DatasetSpec, parse_config
 from kit.data import load_cifar10
 from kit.errors import exit_code_of
 from kit.guards import claim_outdir
@@ -23,20 +23,22 @@ DEFAULT = dict(latent_dim=256, epochs=10, batch_size=128, beta=1.0, lr=1e-3,
                encoder_filters=[32, 64, 128], encoder_dense=[],
                decoder_filters=[128, 64, 32], decoder_dense=[],
                # --arch hierarchical (kit/hierarchical_vae.py; resolutions 32, 16, 8, 4, 1): the
-               # configuration its author measured (bench/hierarchical_smoke.py), and VDVAE's
-               # gradient clip and skip threshold, 200 and 400 per dimension, times 3,072 dims.
+               # configuration its author measured (bench/hierarchical_smoke.py); the gradient clip at
+               # the 99th percentile of its gradient norms after the warm-up (123,835, rounded up),
+               # the skip threshold 5 times that (docs/BENCHMARKS.md, bench/optimizer_comparison.py).
                hvae_widths=[64], hvae_blocks=[1, 1, 2, 2, 1], latent_channels=8,
                latent_resolutions=[1, 4, 4, 8, 8, 8, 16, 16],
-               grad_clip=614_400.0, skip_threshold=1_228_800.0)
+               grad_clip=130_000.0, skip_threshold=650_000.0)
 
 CIFAR10 = DatasetSpec(
     name="cifar10", title="CIFAR-10", image_shape=(32, 32, 3), load=load_cifar10,
     default_outdir="outputs/cifar10",
     presets={
         "default": DEFAULT,
-        # The hierarchical VAE with the likelihood, batch size and learning rate of its author's runs.
+        # The hierarchical VAE with the likelihood, batch size and learning rate of its author's runs,
+        # trained as VDVAE trains (kit/config.py's HIERARCHICAL_TRAINING).
         "hierarchical": {**DEFAULT, "arch": "hierarchical", "likelihood": "discretized-logistic-mixture",
-                         "batch_size": 32, "lr": 2e-3},
+                         "batch_size": 32, "lr": 2e-3, **HIERARCHICAL_TRAINING},
         "keras-io": {**DEFAULT, **KERAS_IO_PRESET},  # the example's model; the hierarchical options stay
     })
 

@@ -47,3 +47,10 @@ $PY bench/likelihoods.py --script vae_fashion_mnist.py --title "Fashion-MNIST" \
 
 # Memory: the discretized logistic's mean against the same loops run ten at once (issue 17).
 $PY bench/mean_memory.py --runs 20 | tee bench/results/mean_memory.md
+
+# The hierarchical preset's optimizer, EMA rate and gradient norms (issue 24; docs/BENCHMARKS.md,
+# "Hierarchical VAE: optimizer, EMA and gradient norms"): compared by images seen, not timed.
+$PY bench/optimizer_comparison.py --configs adam,adam-b2,adamw --steps 1500 --eval-every 500 \
+    --eval-images 1000 --ema 0.99,0.998 --json bench/results/optimizer_comparison.json
+$PY bench/optimizer_comparison.py --dataset cifar10 $CIFAR_ARGS --configs adamw --steps 300 --eval-every 0 \
+    --json bench/results/gradient_norms_cifar10.json

@@ -66,6 +66,25 @@ class StopOnNonFinite(keras.callbacks.Callback):
                                   f"the last good checkpoint and outputs are kept (try a lower --lr)", 3)
 
 
+class SkippedUpdatesWarning(keras.callbacks.Callback):
+    """A warning line when more than `fraction` of an epoch's updates were skipped (the hierarchical
+    VAE skips an update whose gradient norm is above its skip threshold or not finite)."""
+
+    def __init__(self, fraction):
+        super().__init__()
+        self.fraction = fraction
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.before = float(self.model.skipped_updates.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        skipped, steps = float(self.model.skipped_updates.numpy()) - self.before, self.params.get("steps")
+        if steps and skipped > self.fraction * steps:
+            print(f"warning: epoch {epoch + 1} skipped {skipped:.0f} of its {steps} updates "
+                  f"({skipped / steps:.1%}, more than {self.fraction:.0%}): their gradient norm was not "
+                  f"finite or above --skip-threshold {self.model.skip_threshold or 0:g}", file=sys.stderr)
+
+
 class StopOnSignal(keras.callbacks.Callback):
     """Ctrl-C / SIGTERM stop training after the running step; a second Ctrl-C exits at once."""
 

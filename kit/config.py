@@ -32,9 +32,19 @@ KERAS_IO_PRESET = dict(latent_dim=2, epochs=30, batch_size=128, beta=1.0, lr=1e-
                        decoder_filters=[64, 32], decoder_dense=[])
 
 CHECKPOINT_MINUTES = 10.0
+# The optimizer: Adam (Kingma & Ba 2015) at --lr, no warm-up, no weight decay, no EMA, as every
+# preset but the hierarchical ones (HIERARCHICAL_TRAINING) trains.
+OPTIMIZER_DEFAULTS = dict(adam_beta2=0.999, weight_decay=0.0, warmup_steps=0, ema=0.0)
+# The hierarchical presets: VDVAE's recipe (Child 2021, hps.py and train_helpers.py), AdamW
+# (Loshchilov & Hutter 2019) with beta_2 0.9, weight decay 0.01 and a linear warm-up over 100 steps,
+# evaluated with an EMA of the weights at the rate that won after 1,500 updates (0.99; 0.998 still
+# held too much of the early weights there: docs/BENCHMARKS.md, "Hierarchical VAE: optimizer").
+HIERARCHICAL_TRAINING = dict(adam_beta2=0.9, weight_decay=0.01, warmup_steps=100, ema=0.99)
+# The warning line when more than this fraction of an epoch's updates were skipped (issue 25).
+SKIPPED_UPDATES_WARNING_FRACTION = 0.01
 
 # Options that are the same for every data set (the data sets' tables hold the rest).
-RUN_DEFAULTS = dict(seed=0, data_dir=None, limit=None, validation_images=5000, iw_samples=100,
+RUN_DEFAULTS = dict(**OPTIMIZER_DEFAULTS, seed=0, data_dir=None, limit=None, validation_images=5000, iw_samples=100,
                     iwae_images=1000, temperature=1.0,
                     fd_images=10_000, gmm_components=10, feature_net="shipped", refresh_feature_net=False,
                     eval_only=None, resume=False, tensorboard=False, distribute="none",
@@ -92,6 +102,11 @@ class Config:
     lr: float
     lr_schedule: str
     kl_warmup: int
+    # the optimizer: OPTIMIZER_DEFAULTS, HIERARCHICAL_TRAINING for the hierarchical presets
+    adam_beta2: float
+    weight_decay: float
+    warmup_steps: int
+    ema: float
     likelihood: str
     gaussian_sigma: str
     mixture_components: int
@@ -185,6 +200,17 @@ def build_parser(spec):
     p.add_argument("--beta", type=float, help="KL weight")
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="learning-rate schedule over training")
+    p.add_argument("--adam-beta2", type=float, metavar="B2",
+                   help="Adam's beta_2, in [0, 1) (default 0.999; hierarchical preset 0.9, VDVAE)")
+    p.add_argument("--weight-decay", type=float, metavar="WD",
+                   help="AdamW's decoupled weight decay; 0 = Adam (default 0; hierarchical preset 0.01)")
+    p.add_argument("--warmup-steps", type=int, metavar="N",
+                   help="the learning rate rises linearly from 0 over the first N steps (default 0; "
+                        "hierarchical preset 100)")
+    p.add_argument("--ema", type=float, metavar="RATE",
+                   help="validate, evaluate, sample and save with an exponential moving average of the "
+                        "weights at RATE per step, in [0, 1); 0 = off (default 0; hierarchical preset "
+                        f"{HIERARCHICAL_TRAINING['ema']})")
     p.add_argument("--kl-warmup", type=int, metavar="EPOCHS", help="beta rises linearly from 0 over EPOCHS")
     p.add_argument("--likelihood", choices=LIKELIHOODS, help="p(x|z) (README: Likelihoods)")
     p.add_argument("--gaussian-sigma", choices=GAUSSIAN_SIGMA_MODES,
@@ -369,7 +395,13 @@ def value_problem(v, spec):
         return f"--lr must be a finite number > 0, got {v['lr']}"
     if v["gmm_components"] <= 0:
         return f"--gmm-components must be > 0, got {v['gmm_components']}"
-    for name in ("iw_samples", "kl_warmup", "fd_images", "validation_images"):
+    for name in ("adam_beta2", "ema"):
+        if not (math.isfinite(v[name]) and 0 <= v[name] < 1):
+            return f"{option(name)} must be a number in [0, 1), got {v[name]}"
+    if not (math.isfinite(v["weight_decay"]) and 0 <= v["weight_decay"] <= FLOAT32_MAX):
+        return (f"--weight-decay must be a finite number >= 0 (0 is off; at most {FLOAT32_MAX:.4g}, "
+                f"float32), got {v['weight_decay']}")
+    for name in ("iw_samples", "kl_warmup", "fd_images", "validation_images", "warmup_steps"):
         if v[name] < 0:
             return f"{option(name)} must be >= 0, got {v[name]}"
     for name, kind in FIELD_TYPES.items():

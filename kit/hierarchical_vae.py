@@ -344,6 +344,10 @@ class HierarchicalVAE(common.OptimizerBuiltBeforeTracing, keras.Model):
         self.out_conv.build((None, *image_shape[:2], top))
 
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # Validation's posterior noise: its own generator, back at its start for every evaluate()
+        # (reset_metrics), so each validation pass sees the same noise and leaves training's alone.
+        self.validation_seed_generator = keras.random.SeedGenerator(None if seed is None else seed + 1)
+        self._validation_seed_start = ops.convert_to_numpy(self.validation_seed_generator.state)
         # A variable, not a float: KL warm-up changes it without retracing (as common.VAE).
         self.beta = self.add_weight(name="beta", shape=(), trainable=False,
                                     initializer=keras.initializers.Constant(beta))
@@ -464,9 +468,20 @@ class HierarchicalVAE(common.OptimizerBuiltBeforeTracing, keras.Model):
         h = h * ops.cast(self.out_gain, h.dtype) + ops.cast(self.out_bias, h.dtype)
         return self.out_conv(h), stats
 
-    def _noise(self, shape):
-        """N(0, I) for training's posterior samples, from the model's seeded generator."""
-        return keras.random.normal(shape, dtype="float32", seed=self.seed_generator)
+    def _noise(self, shape, seed_generator=None):
+        """N(0, I) for the posterior samples of this replica's images (training's generator, or the
+        one given). Under tf.distribute the noise is drawn for the global batch, the same on every
+        replica, and each replica takes its own images' rows: fresh noise per replica, and the
+        same noise per image as on one device."""
+        seed_generator = seed_generator or self.seed_generator
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return keras.random.normal(shape, dtype="float32", seed=seed_generator)
+        sizes = context.all_gather(tf.reshape(tf.cast(shape[0], "int32"), (1,)), axis=0)  # (replicas,)
+        start = tf.reduce_sum(sizes[:context.replica_id_in_sync_group])
+        everyone = keras.random.normal(tf.concat([tf.reduce_sum(sizes)[None], tf.cast(shape[1:], "int32")], 0),
+                                       dtype="float32", seed=seed_generator)
+        return everyone[start:start + sizes[context.replica_id_in_sync_group]]
 
     def call(self, x, training=False):
         """Decoder outputs for x with z ~ q(z | x), like common.VAE.call."""
@@ -482,7 +497,8 @@ class HierarchicalVAE(common.OptimizerBuiltBeforeTracing, keras.Model):
                           for s in stats], axis=1)
 
     def per_image_losses_by_group(self, x, training=False, noise=None):
-        """Reconstruction NLL (B,) and the groups' KLs (B, G), one z ~ q per image (float32, nats)."""
+        """Reconstruction NLL (B,) and the groups' KLs (B, G), one z ~ q per image (float32, nats).
+        noise: a list with one array per group, or None to draw it from the training generator."""
         outputs, stats = self.top_down(ops.shape(x)[0], POSTERIOR, self.bottom_up(x), noise=noise,
                                        training=training)
         return self.reconstruction_nll(x, outputs, training), self.group_kls(stats)
@@ -513,9 +529,17 @@ class HierarchicalVAE(common.OptimizerBuiltBeforeTracing, keras.Model):
         return self._update_trackers(reconstruction, kls)
 
     def test_step(self, data):
+        """Validation: the noise of validation_seed_generator, the same in every evaluate()."""
         x = data[0] if isinstance(data, tuple) else data
-        reconstruction, kls = self.per_image_losses_by_group(x, training=False)
+        noise = [self._noise((ops.shape(x)[0], *shape), self.validation_seed_generator)
+                 for shape in self.latent_shapes]
+        reconstruction, kls = self.per_image_losses_by_group(x, training=False, noise=noise)
         return self._update_trackers(reconstruction, kls)
+
+    def reset_metrics(self):
+        """Keras calls this as every evaluate() and every training epoch begins."""
+        super().reset_metrics()
+        self.validation_seed_generator.state.assign(self._validation_seed_start)
 
     def apply_guarded_gradients(self, gradients):
         """VDVAE's update: clip the global gradient norm to grad_clip, and skip the update when the

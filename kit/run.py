@@ -19,9 +19,10 @@ import tensorflow as tf
 import common  # noqa: F401  (registers the model classes for keras.models.load_model)
 from kit.atomic_files import atomic_path, file_sha256, read_csv, write_json, write_text
 from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, ResumeInsideEpoch,
+                           SkippedUpdatesWarning,
                            StopOnNonFinite, StopOnSignal, first_line, load_checkpoint, load_model_file,
                            stop_on_signal_at_once)
-from kit.config import GMM_FIT_IMAGES, data_problem
+from kit.config import GMM_FIT_IMAGES, SKIPPED_UPDATES_WARNING_FRACTION, data_problem
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
 from kit.guards import digest_problem, estimate_for, free_space_warning, is_chief, is_int
 from kit import sample_quality
@@ -171,12 +172,24 @@ def with_sharding(ds):
 # --- model --------------------------------------------------------------------------------------
 
 def adam(config, steps_per_epoch):
-    """Adam at --lr, decayed along a cosine to 5 % of it over the run with --lr-schedule cosine."""
+    """Adam at --lr with beta_2 --adam-beta2; AdamW's decoupled weight decay (Loshchilov & Hutter
+    2019) with --weight-decay; the rate rising linearly from 0 over --warmup-steps (VDVAE's
+    linear_warmup); with --lr-schedule cosine decayed along a cosine to 5 % of it over the rest of
+    the run; with --ema an exponential moving average of the weights (Keras' use_ema, not debiased:
+    its first step copies the weights), which the scripts validate, evaluate, sample and save with."""
+    total_steps = config.epochs * steps_per_epoch
     lr = config.lr
     if config.lr_schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(config.lr, config.epochs * steps_per_epoch,
-                                                    alpha=0.05)
-    return keras.optimizers.Adam(lr)
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0 if config.warmup_steps else config.lr, max(1, total_steps - config.warmup_steps), alpha=0.05,
+            warmup_target=config.lr if config.warmup_steps else None, warmup_steps=config.warmup_steps)
+    elif config.warmup_steps:  # alpha 1: after the warm-up the rate stays at --lr
+        lr = keras.optimizers.schedules.CosineDecay(0.0, 1, alpha=1.0, warmup_target=config.lr,
+                                                    warmup_steps=config.warmup_steps)
+    options = dict(beta_2=config.adam_beta2, use_ema=config.ema > 0, ema_momentum=config.ema or 0.99)
+    if config.weight_decay:
+        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay, **options)
+    return keras.optimizers.Adam(lr, **options)
 
 
 def resume_from_checkpoint(config, spec):
@@ -287,7 +300,8 @@ def start_run_folder(config, spec, splits):
 def training_callbacks(config, spec, splits, history, inside_epoch=None):
     """Epoch timer, KL warm-up, NaN and signal stops, the checkpoints (every epoch, which appends
     to `history` and redraws the loss curves, and every --checkpoint-minutes inside one), and, from
-    a checkpoint `inside_epoch`, the rest of that epoch."""
+    a checkpoint `inside_epoch`, the rest of that epoch; with --ema validation with the EMA weights;
+    for the hierarchical VAE a warning when many updates were skipped."""
     outdir = Path(config.outdir)
     title = data_title(spec, splits)
     note = (latent_groups_note(config.latent_resolutions, config.latent_channels)
@@ -301,6 +315,10 @@ def training_callbacks(config, spec, splits, history, inside_epoch=None):
     callbacks = [timer, StopOnNonFinite(), ResumeInsideEpoch(inside_epoch),
                  EpochCheckpoint(outdir, history, draw, is_chief=is_chief(), minutes=config.checkpoint_minutes,
                                  stop=stop, timer=timer), stop]
+    if config.ema:  # validation with the EMA weights (the checkpoint keeps the raw ones as well)
+        callbacks.insert(0, keras.callbacks.SwapEMAWeights())
+    if config.arch == "hierarchical":
+        callbacks.append(SkippedUpdatesWarning(SKIPPED_UPDATES_WARNING_FRACTION))
     if config.kl_warmup:
         callbacks.insert(0, KLWarmup(config.beta, config.kl_warmup))
     if config.tensorboard and is_chief():  # one log, not one per worker
@@ -428,6 +446,8 @@ def evaluate(model, config, spec, splits, history, gmm):
         metrics.update(sample_quality.sample_quality_metrics(
             model, features, splits.x_train, splits.x_test, gmm, config.fd_images, config.seed,
             reconstructions=reconstructions, temperature=config.temperature))
+    if is_hierarchical(model):  # updates skipped for a gradient norm above the threshold or not finite
+        metrics["skipped_updates"] = int(model.skipped_updates.numpy())
     seconds = [row.get("epoch_seconds") for row in history]
     metrics.update(eval_seconds=time.perf_counter() - start, dataset=spec.name, temperature=config.temperature,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

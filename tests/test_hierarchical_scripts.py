@@ -115,6 +115,26 @@ def test_the_checkpoint_keeps_the_hierarchical_models_sampling_state(tiny, tmp_p
     np.testing.assert_array_equal(model.seed_generator.state.numpy(), tiny.seed_generator.state.numpy())
 
 
+def test_the_hierarchical_preset_trains_with_vdvaes_optimizer_and_the_others_with_adam():
+    from kit.config import parse_config
+    from kit.run import adam
+    from vae_cifar10 import CIFAR10
+    config = parse_config(CIFAR10, ["--preset", "hierarchical", "--lr-schedule", "constant"])
+    optimizer = adam(config, steps_per_epoch=1000)
+    assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == 0.01
+    assert optimizer.beta_2 == 0.9 and optimizer.use_ema and optimizer.ema_momentum == 0.99
+    # A linear warm-up from 0 over 100 steps, then --lr.
+    rates = [float(optimizer._learning_rate(step)) for step in (0, 50, 100, 10_000)]  # the schedule
+    np.testing.assert_allclose(rates, [0.0, 1e-3, 2e-3, 2e-3], rtol=1e-6)
+    # With the cosine: the same warm-up, then down to 5 % of --lr at the end of the run (10 epochs).
+    cosine = adam(parse_config(CIFAR10, ["--preset", "hierarchical", "--lr-schedule", "cosine"]), 1000)
+    np.testing.assert_allclose([float(cosine._learning_rate(step)) for step in (50, 100, 10_000)],
+                               [1e-3, 2e-3, 1e-4], rtol=1e-5)
+    plain = adam(parse_config(CIFAR10, ["--lr-schedule", "constant"]), steps_per_epoch=1000)
+    assert type(plain) is keras.optimizers.Adam and plain.beta_2 == 0.999 and not plain.use_ema
+    assert float(plain.learning_rate) == pytest.approx(1e-3)
+
+
 # --- end to end ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -191,6 +211,22 @@ def test_cifar_script_writes_every_output(cifar_run):
         assert f"<td>{group['group']}</td><td>{group['resolution']}×{group['resolution']}</td>" in report
         assert f"{group['kl']:.4f}" in report
     assert all(f'<img src="{name}"' in report for name in PICTURES) and "samples_gmm.png" not in report
+    assert metrics["skipped_updates"] == 0
+
+
+@pytest.mark.slow
+def test_the_saved_model_holds_the_ema_weights_and_the_checkpoint_both(cifar_run):
+    """--preset hierarchical keeps an EMA of the weights: model.keras (evaluated, sampled) holds the
+    average, the last checkpoint the raw weights and the average (its optimizer's variables)."""
+    from kit.callbacks import load_checkpoint
+    outdir, _, _ = cifar_run
+    saved = keras.models.load_model(outdir / "model.keras")
+    checkpoint, state = load_checkpoint(outdir / "checkpoint")
+    assert state["epoch"] == 2 and checkpoint.optimizer.ema_momentum == 0.99
+    averages = [v.numpy() for v in checkpoint.optimizer._model_variables_moving_average]
+    for saved_weight, average in zip(saved.trainable_weights, averages):
+        np.testing.assert_array_equal(saved_weight.numpy(), average)
+    assert any(not np.array_equal(w.numpy(), a) for w, a in zip(checkpoint.trainable_weights, averages))
 
 
 @pytest.mark.slow

@@ -182,7 +182,8 @@ def test_gradient_clipping_bounds_the_update():
 
 def test_skipped_updates_are_counted_and_leave_weights_and_ema_alone():
     model = tiny(skip_threshold=1e-6)  # every finite gradient is "too large"
-    optimizer = keras.optimizers.Adam(1e-3)
+    # With an EMA: fit ends by copying it into the weights, which must then be the initial ones.
+    optimizer = keras.optimizers.Adam(1e-3, use_ema=True)
     model.compile(optimizer=optimizer, run_eagerly=True)
     before = _weights(model)
     history = model.fit(images(24), epochs=2, batch_size=8, verbose=0).history
@@ -205,6 +206,72 @@ def test_skipped_updates_are_counted_and_leave_weights_and_ema_alone():
     assert any(not np.array_equal(a, w) for a, w in zip(after, before))
     for a, average in zip(after, optimizer._model_variables_moving_average):
         np.testing.assert_array_equal(a, average.numpy())
+
+
+def test_a_gradient_spike_is_skipped_counted_and_warned(capsys):
+    from kit.callbacks import SkippedUpdatesWarning
+    x = bars(32)
+    spike = x[:8] * 20.0  # a damaged batch: pixel values far outside [0, 1]
+    model = tiny("discretized-logistic", image_shape=(8, 8, 1), latent_resolutions=(1, 4))
+    model._noise = lambda shape, generator=None: keras.ops.zeros(shape, "float32")  # z = q_mean
+    norms = []
+    for batch in (x[:8], x[8:16], x[16:24], x[24:], spike):
+        with tf.GradientTape() as tape:
+            reconstruction, kls = model.per_image_losses_by_group(batch, training=True)
+            loss = tf.reduce_mean(reconstruction + tf.reduce_sum(kls, axis=1))
+        norms.append(float(tf.linalg.global_norm(tape.gradient(loss, model.trainable_weights))))
+    assert norms[4] > 100 * max(norms[:4])  # measured: 1.6e5 against 2.7e2
+    initial = model.get_weights()
+
+    def trained(batches, threshold):
+        model.set_weights(initial)
+        model.skipped_updates.assign(0.0)
+        model.skip_threshold = threshold
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        model.fit(np.concatenate(batches), epochs=1, batch_size=8, shuffle=False, verbose=0,
+                  callbacks=[SkippedUpdatesWarning(0.01)])
+        return _weights(model), float(model.skipped_updates.numpy()), int(model.optimizer.iterations.numpy())
+
+    # Between the ordinary norms and the spike: the spike's update is skipped, counted and warned
+    # about (1 of 5 updates), and the weights are those of the run without the damaged batch.
+    weights, skipped, iterations = trained([x[:16], spike, x[16:]], 10 * max(norms[:4]))
+    assert (skipped, iterations) == (1.0, 4)
+    assert "warning: epoch 1 skipped 1 of its 5 updates (20.0%, more than 1%)" in capsys.readouterr().err
+    clean, skipped, iterations = trained([x[:16], x[16:]], 10 * max(norms[:4]))
+    assert (skipped, iterations) == (0.0, 4) and capsys.readouterr().err == ""
+    assert all(np.array_equal(a, b) for a, b in zip(weights, clean))
+
+
+def test_validation_draws_fixed_noise_of_its_own_with_the_ema_weights():
+    model = tiny()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.5))
+    x, x_val = images(16), images(8, seed=1)
+    raw = []
+
+    class KeepRawWeights(keras.callbacks.Callback):  # after validation swapped them back
+        def on_epoch_end(self, epoch, logs=None):
+            raw.append(model.get_weights())
+
+    history = model.fit(x, epochs=2, batch_size=8, validation_data=(x_val,), validation_batch_size=4,
+                        callbacks=[keras.callbacks.SwapEMAWeights(), KeepRawWeights()], verbose=0).history
+    # Validation's noise: a generator seeded seed + 1, from its start in every pass, one draw per
+    # group and batch, so the last epoch's val_loss is the EMA weights' (which fit leaves in the
+    # model) loss computed here by hand with that noise.
+    generator = keras.random.SeedGenerator(1)
+    losses = []
+    for batch in (x_val[:4], x_val[4:]):
+        noise = [keras.random.normal((4, *shape), seed=generator) for shape in model.latent_shapes]
+        reconstruction, kls = model.per_image_losses_by_group(batch, noise=noise)
+        losses.append(reconstruction.numpy() + kls.numpy().sum(axis=1))
+    assert history["val_loss"][1] == pytest.approx(float(np.mean(losses)), rel=1e-6)
+    # Validating does not move training's generator; evaluating again gives the same number.
+    state = model.seed_generator.state.numpy().copy()
+    again = model.evaluate(x_val, batch_size=4, verbose=0, return_dict=True)["loss"]
+    assert again == pytest.approx(history["val_loss"][1], rel=1e-6)
+    np.testing.assert_array_equal(model.seed_generator.state.numpy(), state)
+    # The raw weights at the end of training validate differently.
+    model.set_weights(raw[-1])
+    assert model.evaluate(x_val, batch_size=4, verbose=0, return_dict=True)["loss"] != pytest.approx(again, rel=1e-3)
 
 
 def test_mixed_bfloat16_gives_float32_losses_and_finite_gradients():
