@@ -335,6 +335,8 @@ def saved_options(outdir, explicit, spec):
                          f"{spec.name}); resume it with vae_{dataset}.py")
     saved = {k: v for k, v in saved.items()
              if k in FIELD_TYPES and k not in ("dataset", "explicit", "resume", "eval_only", "outdir")}
+    # A run from before the optimizer options trained with Adam's defaults, whatever its preset says now.
+    saved = {**OPTIMIZER_DEFAULTS, **saved}
     for name, value in saved.items():
         if not has_type(value, FIELD_TYPES[name]):
             raise DamagedRunError(f"the checkpoint in {outdir} is damaged: config.json: {name} is "

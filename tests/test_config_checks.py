@@ -228,6 +228,19 @@ def test_a_cached_network_in_a_read_only_cache_is_enough_unless_refreshed(tmp_pa
     assert "cannot be cached" in refusal(["--feature-net", "own", "--refresh-feature-net", "--outdir", outdir])
 
 
+def test_resume_of_a_run_from_before_the_optimizer_options_keeps_its_adam(tmp_path):
+    # Its config.json has no adam_beta2, weight_decay, warmup_steps or ema: it trained with Adam,
+    # and its checkpoint's optimizer has no EMA to swap in, whatever the preset's values are now.
+    folder = fake_run(tmp_path / "run", FASHION_MNIST, preset="hierarchical", arch="hierarchical")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    for name in ("adam_beta2", "weight_decay", "warmup_steps", "ema"):
+        del saved[name]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    for argv in (["--resume"], ["--resume", "--preset", "hierarchical"]):
+        config = parse_config(FASHION_MNIST, [*argv, "--outdir", folder])
+        assert (config.adam_beta2, config.weight_decay, config.warmup_steps, config.ema) == (0.999, 0.0, 0, 0.0)
+
+
 def test_resume_may_mend_an_evaluation_option_that_stopped_the_run(tmp_path):
     # A run saved with --limit 5 and --gmm-components 10 (older kits failed only after training):
     # its evaluation can be finished with fewer components, given on the command line.
