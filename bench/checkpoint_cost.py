@@ -2,7 +2,7 @@
 kit/callbacks.py's save_checkpoint does inside and at the end of an epoch), against seconds per
 training step, for the default Fashion-MNIST VAE and the hierarchical CIFAR-10 preset.
 
-    python bench/checkpoint_cost.py [--cifar-dir /work/shared/data/cifar10-jpeg-proxy] [--repeats 5]
+    python bench/checkpoint_cost.py [--cifar-dir <folder holding cifar-10-batches-py>] [--repeats 5]
 
 Prints, per model: the checkpoint's size, the median and largest of --repeats writes, the median
 training step (after the first, which traces), and the share of training time that checkpoints
@@ -56,7 +56,7 @@ def measure(spec, argv, data_dir, steps, repeats):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fashion-dir", default=None, help="Fashion-MNIST folder (default: the kit's search)")
-    p.add_argument("--cifar-dir", default="/work/shared/data/cifar10-jpeg-proxy")
+    p.add_argument("--cifar-dir", default=None, help="CIFAR-10 folder (default: the kit's search)")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()

@@ -48,7 +48,8 @@ def ship(name, splits, command):
     settings = sq.FEATURE_NET_SETTINGS[name]
     model, accuracy, seconds = sq.train_feature_classifier(
         splits.x_train, splits.y_train, splits.x_test, splits.y_test, settings, seed=SEED, verbose=2)
-    info = {"dataset": name, "trained_on": data_title(name, splits), "data_source": splits.source,
+    info = {"dataset": name, "trained_on": data_title(name, splits),
+            "data_source": Path(splits.source).name,  # the folder's name: no machine's path in the card
             "data_checksum": sq.files_checksum(splits.sha256), "data_sha256": splits.sha256,
             "image_shape": list(splits.x_train.shape[1:]), "num_classes": int(model.output.shape[-1]),
             "settings": asdict(settings), "seed": SEED, "net_version": sq.FEATURE_NET_VERSION,
