@@ -67,8 +67,11 @@ def parsed(spec, argv):
 
 def accepted_by(spec):
     """The cases parse_config accepts (run end to end below); the rest must be refusals."""
-    folder = Path(tempfile.gettempdir())  # a --data-dir that exists; the --outdir is never made
-    return [case for case in CASES if parsed(spec, argv_for(case, folder, folder / "vae-sweep" / "out")) is None]
+    # A --data-dir that exists, of this process alone: the --outdir check makes (and removes) the
+    # folders it would need, and two pytest workers collecting at once must not check the same ones.
+    with tempfile.TemporaryDirectory(prefix="vae-sweep-") as name:
+        folder = Path(name)
+        return [case for case in CASES if parsed(spec, argv_for(case, folder, folder / "vae-sweep" / "out")) is None]
 
 
 ACCEPTED = {name: accepted_by(spec) for name, spec in SPECS.items()}
