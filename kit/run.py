@@ -432,7 +432,7 @@ def evaluate(model, config, spec, splits, history, gmm):
     print(f"\nEvaluating on {len(splits.x_test)} test images ...", flush=True)
     metrics = {}
     if config.fd_images:
-        features, metrics["feature_net"], metrics["feature_net_test_accuracy"] = feature_network(
+        features, metrics["feature_net"], metrics["feature_net_test_accuracy"] = frechet_features(
             config, spec, splits)
     start = time.perf_counter()  # feature-network training is not evaluation time
     if is_hierarchical(model):
@@ -459,7 +459,7 @@ def evaluate(model, config, spec, splits, history, gmm):
     return Evaluation(metrics, z_test, reconstructions)
 
 
-def feature_network(config, spec, splits):
+def frechet_features(config, spec, splits):
     """(feature extractor, what metrics.json records of it, its accuracy on this test split) for the
     Fréchet distances: the network the kit ships, or with --feature-net own this machine's (trained
     on the whole training split the first time, then cached)."""
