@@ -8,6 +8,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import sys
 import zipfile
@@ -139,8 +140,8 @@ def folder_problem(folder):
     """None if `folder` is a writable folder or can be made one, else why not (one clause).
 
     Checks the nearest existing ancestor, the length of every name still to be made (NAME_MAX) and
-    of the whole path (PATH_MAX) and write permission, then makes the missing folders (a read-only
-    or virtual file system such as /proc refuses only then) and removes them again.
+    of the whole path (PATH_MAX) and write permission, then makes a folder in that ancestor (a
+    read-only or virtual file system such as /proc refuses only then) and removes it.
     """
     path = Path(folder).absolute()
     existing = next(p for p in (path, *path.parents) if _lexists(p))
@@ -160,33 +161,20 @@ def folder_problem(folder):
     return creation_problem(path, existing)
 
 
-def creation_problem(path, existing, attempts=10):
+def creation_problem(path, existing):
     """None if the folders from `existing` (an ancestor of `path`) down to `path` can be made, else
-    the OS's reason, naming the folder. Makes them to find out, then removes the ones it made. A
-    folder that vanishes meanwhile (another run probing the same parent removed it) is tried again."""
+    the OS's reason, naming the outermost of them. Finds out by making and removing a folder of this
+    process's own in `existing`, so runs that check the same folder at once never see each other's."""
     missing = [p for p in (path, *path.parents) if p != existing and existing in p.parents]
-    for attempt in range(attempts):
-        made = []
-        try:
-            for folder in reversed(missing):  # the outermost first
-                try:
-                    folder.mkdir()
-                    made.append(folder)
-                except FileExistsError:
-                    if not folder.is_dir():
-                        raise
-            return None
-        except FileNotFoundError as err:
-            problem = f"cannot make {folder}: {err.strerror or err}"
-        except OSError as err:
-            return f"cannot make {folder}: {err.strerror or err}"
-        finally:
-            for made_folder in reversed(made):
-                try:
-                    made_folder.rmdir()
-                except OSError:  # another run's folder in it by now: it is theirs
-                    break
-    return problem
+    if not missing:
+        return None
+    probe = existing / f".vae-kit-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        probe.mkdir()
+    except OSError as err:
+        return f"cannot make {missing[-1]}: {err.strerror or err}"
+    probe.rmdir()
+    return None
 
 
 def feature_cache_root():

@@ -604,6 +604,17 @@ def test_the_folder_check_removes_the_folders_it_made(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_runs_checking_the_same_new_folder_at_once_all_pass(tmp_path):
+    """Six checks at once of one folder that does not exist yet: none refused, nothing left behind
+    (each made and removed the others' folders when the check made the missing folders themselves)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from kit.guards import folder_problem
+    with ThreadPoolExecutor(6) as pool:
+        problems = list(pool.map(lambda _: folder_problem(tmp_path / "a" / "b" / "c"), range(600)))
+    assert problems == [None] * 600
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_lock_of_a_folder_that_cannot_be_made_is_one_line():
     """Should the file system change after the check, taking the lock still says why in one line."""
     from kit.errors import UsageError
