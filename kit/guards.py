@@ -22,7 +22,8 @@ from kit.model_options import decoder_output_channels, resolution_chain
 
 LOCK_NAME = ".lock"
 BYTES_PER_VALUE = 4        # float32 weights, moments, gradients and activations
-# Per weight: the weight, Adam's two moments (Kingma & Ba, 2015) and its gradient.
+# Per weight: the weight, Adam's two moments (Kingma & Ba, 2015) and its gradient; one more with
+# --ema, the moving average of the weights.
 COPIES_PER_WEIGHT = 4
 # Per activation value: the forward value kept for the backward pass, its gradient, and room
 # for the temporaries of the fused ops (ReLU masks, loss terms).
@@ -295,15 +296,16 @@ class MemoryEstimate:
 
 
 def estimate_memory_bytes(image_shape, latent_dim, encoder_filters, encoder_dense, decoder_filters,
-                          decoder_dense, batch_size, decoder_output_channels=None):
+                          decoder_dense, batch_size, decoder_output_channels=None, ema=False):
     """Training memory of the model before it is built: float32 weights, Adam's two moments and
-    the gradients, plus every layer's activations for a batch, kept for the backward pass."""
+    the gradients (and the weights' average with `ema`), plus every layer's activations for a
+    batch, kept for the backward pass."""
     rows = _layer_table(image_shape, latent_dim, encoder_filters, encoder_dense, decoder_filters,
                         decoder_dense, decoder_output_channels)
     parameters = sum(n for _, n, _ in rows)
     activations_per_image = sum(size for _, _, size in rows)
     largest_layer, _, largest = max(rows, key=lambda row: row[2])
-    total = BYTES_PER_VALUE * (COPIES_PER_WEIGHT * parameters
+    total = BYTES_PER_VALUE * ((COPIES_PER_WEIGHT + bool(ema)) * parameters
                                + COPIES_PER_ACTIVATION * activations_per_image * batch_size)
     return MemoryEstimate(total, parameters, largest, largest_layer, batch_size)
 
@@ -316,12 +318,10 @@ def estimate_for(config, image_shape):
     if config.arch == "hierarchical":
         return estimate_hierarchical_memory_bytes(image_shape, config.hvae_widths, config.hvae_blocks,
                                                   config.latent_channels, config.latent_resolutions,
-                                                  config.batch_size, out_channels)
+                                                  config.batch_size, out_channels, ema=config.ema > 0)
     estimate = estimate_memory_bytes(image_shape, config.latent_dim, config.encoder_filters,
                                      config.encoder_dense, config.decoder_filters,
-                                     config.decoder_dense, config.batch_size,
-                                     decoder_output_channels(config.likelihood, image_shape[-1],
-                                                             config.mixture_components))
+                                     config.decoder_dense, config.batch_size, out_channels, ema=config.ema > 0)
     if config.arch == "resnet":  # each block: two convolutions and two norms of the same size
         estimate = replace(estimate, total_bytes=estimate.total_bytes * (1 + 4 * config.blocks_per_resolution))
     return estimate
@@ -415,16 +415,16 @@ def hierarchical_layer_table(image_shape, widths, blocks, latent_channels, laten
 
 
 def estimate_hierarchical_memory_bytes(image_shape, widths, blocks, latent_channels, latent_resolutions,
-                                       batch_size, decoder_output_channels=None):
+                                       batch_size, decoder_output_channels=None, ema=False):
     """Training memory of the hierarchical VAE before it is built, as estimate_memory_bytes: its
-    float32 weights with Adam's moments and the gradients (4 copies), plus every stage's values for
-    a batch (hierarchical_layer_table) in HIERARCHICAL_COPIES_PER_VALUE copies."""
+    float32 weights with Adam's moments and the gradients (4 copies, 5 with `ema`), plus every
+    stage's values for a batch (hierarchical_layer_table) in HIERARCHICAL_COPIES_PER_VALUE copies."""
     rows = hierarchical_layer_table(image_shape, widths, blocks, latent_channels, latent_resolutions,
                                     decoder_output_channels)
     parameters = sum(n for _, n, _ in rows)
     activations_per_image = sum(size for _, _, size in rows)
     largest_layer, _, largest = max(rows, key=lambda row: row[2])
-    total = BYTES_PER_VALUE * (COPIES_PER_WEIGHT * parameters
+    total = BYTES_PER_VALUE * ((COPIES_PER_WEIGHT + bool(ema)) * parameters
                                + HIERARCHICAL_COPIES_PER_VALUE * activations_per_image * batch_size)
     return MemoryEstimate(int(total), parameters, largest, largest_layer, batch_size)
 

@@ -1,4 +1,5 @@
 """Guards: one run per output folder, models too big for memory, low disk, damaged checkpoints."""
+import dataclasses
 import errno
 import json
 import os
@@ -142,6 +143,15 @@ def test_memory_estimate_adds_weights_adam_gradients_and_activations():
     assert int(estimate) == estimate.total_bytes and estimate.model_file_bytes == 4 * 111
 
 
+def test_the_weights_average_is_one_more_copy_of_the_weights():
+    without, with_ema = (estimate_memory_bytes((4, 4, 1), 1, [2], [], [2], [], batch_size=10, ema=ema)
+                         for ema in (False, True))
+    assert with_ema.total_bytes - without.total_bytes == 4 * 111  # one float32 per parameter
+    h_without, h_with = (estimate_hierarchical_memory_bytes((32, 32, 3), [32], {32: 1, 16: 1}, 8, [16], 4, 50,
+                                                            ema=ema) for ema in (False, True))
+    assert h_with.total_bytes - h_without.total_bytes == 4 * h_without.parameters
+
+
 def test_fashion_largest_activation_is_the_last_decoder_conv():
     estimate = estimate_memory_bytes(*FASHION_DEFAULTS)
     assert (estimate.largest_activation, estimate.largest_activation_layer) == (28 * 28 * 32, "decoder conv 2")
@@ -227,7 +237,12 @@ def test_estimate_for_follows_the_arch(tmp_path):
     hierarchical = parse_config(CIFAR10, ["--arch", "hierarchical", "--outdir", str(tmp_path)])
     table = CIFAR10.presets["default"]
     assert guards.estimate_for(hierarchical, CIFAR10.image_shape) == estimate_hierarchical_memory_bytes(
-        *hierarchical_defaults_of(CIFAR10), table["batch_size"], 3)  # the Gaussian's 3 output channels
+        *hierarchical_defaults_of(CIFAR10), table["batch_size"], 3,  # the Gaussian's 3 output channels
+        ema=hierarchical.ema > 0)
+    preset = parse_config(CIFAR10, ["--preset", "hierarchical", "--outdir", str(tmp_path)])
+    with_ema, without = (guards.estimate_for(config, CIFAR10.image_shape)
+                         for config in (preset, dataclasses.replace(preset, ema=0.0)))
+    assert preset.ema > 0 and with_ema.total_bytes - without.total_bytes == 4 * with_ema.parameters
     assert guards.estimate_for(plain, CIFAR10.image_shape) == estimate_memory_bytes(*CIFAR_DEFAULTS, 3)
 
 
