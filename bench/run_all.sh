@@ -38,7 +38,7 @@ $PY bench/time_to_quality.py --run "keras-io preset (latent 2)=outputs/cifar10_k
 # Feature networks of the Fréchet distance: accuracy and training time (cached afterwards).
 $PY bench/feature_nets.py ${CIFAR_DIR:+--cifar-dir $CIFAR_DIR} | tee bench/results/feature_nets.md
 
-# Likelihoods and architectures back to back at the scripts' defaults (README: Likelihoods).
+# Likelihoods and architectures back to back at the scripts' defaults (docs/EVALUATION.md: Likelihoods).
 $PY bench/likelihoods.py --script vae_cifar10.py $CIFAR_ARGS --title "CIFAR-10 (JPEG copy)" \
     --runs bce gaussian discretized-logistic mixture gaussian-wide resnet-gaussian \
     --pick gaussian-wide --picture docs/cifar10_likelihoods.png | tee bench/results/likelihoods_cifar10.md

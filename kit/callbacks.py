@@ -54,7 +54,7 @@ class KLWarmup(keras.callbacks.Callback):
 
 class StopOnNonFinite(keras.callbacks.Callback):
     """Stops at the first NaN/Inf loss, naming epoch and step, before any checkpoint of the
-    broken weights (why not TerminateOnNaN: README, Engineering notes)."""
+    broken weights (why not TerminateOnNaN: docs/TESTS.md, Engineering notes)."""
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -147,7 +147,7 @@ SIGNAL_CHECKPOINT_AGE_S = 60.0
 
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch: a checkpoint (model, then state.json naming it: the commit point), then
-    history.csv and the loss curves, each replaced atomically (README, Engineering notes). Inside
+    history.csv and the loss curves, each replaced atomically (docs/TESTS.md, Engineering notes). Inside
     an epoch, a checkpoint every `minutes` of training (0: none), and one before a stop by
     signal (`stop`, the StopOnSignal that follows this callback) when the last is older than
     SIGNAL_CHECKPOINT_AGE_S: it records the batches done, the epoch's metric sums so far and its

@@ -212,13 +212,13 @@ def build_parser(spec):
                         "weights at RATE per step, in [0, 1); 0 = off (default 0; hierarchical preset "
                         f"{HIERARCHICAL_TRAINING['ema']})")
     p.add_argument("--kl-warmup", type=int, metavar="EPOCHS", help="beta rises linearly from 0 over EPOCHS")
-    p.add_argument("--likelihood", choices=LIKELIHOODS, help="p(x|z) (README: Likelihoods)")
+    p.add_argument("--likelihood", choices=LIKELIHOODS, help="p(x|z) (docs/EVALUATION.md: Likelihoods)")
     p.add_argument("--gaussian-sigma", choices=GAUSSIAN_SIGMA_MODES,
                    help="gaussian: the batch's optimal shared sigma, or a learned one (default optimal)")
     p.add_argument("--mixture-components", type=int, metavar="K",
                    help="discretized-logistic-mixture: logistics per pixel (default 5)")
     p.add_argument("--arch", choices=ARCHITECTURES,
-                   help="plain conv stacks, residual blocks, or the hierarchical VAE (README: Hierarchical VAE)")
+                   help="plain conv stacks, residual blocks, or the hierarchical VAE (docs/HIERARCHICAL.md)")
     p.add_argument("--blocks-per-resolution", type=int, metavar="N",
                    help="resnet: residual blocks after each stride-2 layer (default 1)")
     p.add_argument("--encoder-filters", type=int_list, metavar="F1,F2", help="strided Conv2D widths")
@@ -520,7 +520,7 @@ def find_problem(c, spec):
     if c.data_dir is not None and not os.path.isdir(c.data_dir):  # False, not OSError, for a bad name
         return f"--data-dir: {c.data_dir} is not a folder"
     if c.distribute == "multiworker" and not os.environ.get("TF_CONFIG"):
-        return "--distribute multiworker needs the TF_CONFIG environment variable (see README, Scaling out)"
+        return "--distribute multiworker needs the TF_CONFIG environment variable (see docs/SCALING.md)"
     if c.resume and not (Path(c.outdir) / "checkpoint" / "state.json").is_file():
         return f"--resume: no checkpoint in {c.outdir}/checkpoint (train without --resume first)"
     if c.refresh_feature_net and c.feature_net != "own":

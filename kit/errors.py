@@ -1,4 +1,4 @@
-"""The kit's exceptions and the one place that turns them into exit codes (README, Exit codes).
+"""The kit's exceptions and the one place that turns them into exit codes (docs/RELIABILITY.md, Exit codes).
 
 0 done · 1 data problem · 2 bad options or refused request · 3 non-finite loss ·
 4 damaged run folder · 5 cannot write outputs (disk full) · 130/143 interrupted (SIGINT/SIGTERM)

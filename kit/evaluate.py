@@ -219,7 +219,7 @@ def webp_lossless_bits_per_dim(images_uint8, method=WEBP_METHOD):
 
 def compute_metrics(model, x_test, iw_samples, iwae_images, seed=0, progress=False,
                     lossless_codecs=True, reconstructions=None):
-    """metrics.json's numbers for `model` on the test images (see README, Evaluation);
+    """metrics.json's numbers for `model` on the test images (see docs/EVALUATION.md);
     `reconstructions` of x_test by reconstruct() when the caller has them already."""
     dims = int(np.prod(x_test.shape[1:]))
     reconstruction, kl_by_group = elbo_terms(model, x_test, seed, per_group=True)

@@ -56,7 +56,7 @@ def hierarchical_picture_arrays(model, splits, seed, temperature, reconstruction
     """The hierarchical VAE's: samples at `temperature` and the same noise at SAMPLE_TEMPERATURES,
     reconstructions (every group at its posterior mean), the top group's posterior means and
     interpolations between them with the finer groups at their prior means. No GMM and no manifold:
-    both are for one latent vector (README, Hierarchical VAE)."""
+    both are for one latent vector (docs/HIERARCHICAL.md)."""
     rng = np.random.default_rng(seed)
     samples = model.sample(PICTURE_SAMPLES, temperature=temperature, seed=seed)
     noise = model.draw_noise(10, seed)

@@ -405,7 +405,7 @@ def fit_latent_gmm(model, config, splits):
     """The ex-post GMM sampler fitted to the training images' posterior means (at most
     GMM_FIT_IMAGES of them), saved as latent_gmm.npz beside the model. None for the hierarchical
     VAE: the sampler models one latent vector, and its latents are groups of maps that depend on
-    each other (README, Hierarchical VAE)."""
+    each other (docs/HIERARCHICAL.md)."""
     if is_hierarchical(model):
         return None
     z_train = posterior_means(model, splits.x_train[:GMM_FIT_IMAGES])

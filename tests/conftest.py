@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # starting kernels, not computing, and oneDNN's start costs more (a tiny hierarchical run: 38.7-42.1 s
 # against 43.2-47.8 s, 2026-12-01). Users' runs keep oneDNN, 9 % faster at full size (docs/BENCHMARKS.md).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-# Feature networks the tests train go to a throw-away cache, never the user's (README, Samples).
+# Feature networks the tests train go to a throw-away cache, never the user's (docs/SAMPLES.md).
 os.environ["VAE_KIT_CACHE"] = tempfile.mkdtemp(prefix="vae-kit-test-cache-")
 
 # The files with the longest end-to-end runs, longest first (per-file totals of `--durations=0`,

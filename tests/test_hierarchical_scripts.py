@@ -27,7 +27,7 @@ PICTURES = ["loss_curves.png", "samples.png", "samples_temperatures.png", "recon
 NOT_WRITTEN = ["samples_gmm.png", "latent_gmm.npz", "latent_manifold.png"]  # one latent vector only
 LOSS_COLUMNS = ["loss", "reconstruction_loss", "kl_loss", "kl_group_0", "kl_group_1", "val_loss",
                 "val_kl_group_0", "val_kl_group_1"]
-HISTORY_RTOL = 1e-4  # README: the same seed gives the same history to this tolerance
+HISTORY_RTOL = 1e-4  # docs/RELIABILITY.md: the same seed gives the same history to this tolerance
 
 
 # --- in-process: the numbers and pictures of a tiny model ------------------------------------------

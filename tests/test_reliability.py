@@ -1,4 +1,4 @@
-"""End to end: the kit's reliability guarantees (README, Exit codes) hold for real runs.
+"""End to end: the kit's reliability guarantees (docs/RELIABILITY.md, Exit codes) hold for real runs.
 
 Each refused or failed run exits with its documented code, says why in one line (no traceback),
 and leaves the run folder as it was wherever that is promised. One tiny trained run folder is

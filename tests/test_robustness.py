@@ -15,12 +15,12 @@ from conftest import ROOT, TEST_VALIDATION, TINY_MODEL, run_in_process, run_scri
 from kit.atomic_files import atomic_path, read_csv, remove_leftover_temporaries
 
 # Constant LR: a cosine schedule's length depends on --epochs, and these tests compare runs of
-# different --epochs (README: Interrupted runs).
+# different --epochs (docs/RELIABILITY.md: Interrupted runs).
 QUICK = [*TINY_MODEL, *TEST_VALIDATION, "--iw-samples", "0", "--fd-images", "0", "--seed", "5", "--lr-schedule",
          "constant"]
 LOSS_COLUMNS = ["loss", "reconstruction_loss", "kl_loss", "val_loss", "val_reconstruction_loss", "val_kl_loss"]
 # The same seed and inputs give the same numbers up to float32 summation order in multithreaded
-# CPU kernels; README states this tolerance.
+# CPU kernels; docs/RELIABILITY.md states this tolerance.
 HISTORY_RTOL = 1e-4
 
 
