@@ -22,3 +22,23 @@ def test_flops_of_the_keras_io_architecture_match_a_hand_count():
                + 28 * 28 * 32 * 9 * 1)   # final Conv2DTranspose to 1 channel, stride 1
     assert sum(layer_macs(layer) for layer in model.encoder.layers) == encoder
     assert training_flops_per_image(model) == 6 * (encoder + decoder) == 39_965_568
+
+
+def test_flops_of_a_tiny_hierarchical_vae_match_a_hand_count():
+    from flops import hierarchical_forward_macs
+    from kit.hierarchical_vae import build_hierarchical_vae
+
+    # Resolutions 4 and 1, width 8 (middle width 2), one encoder block each, a 2-channel latent
+    # group at each resolution (so no plain decoder blocks), one Bernoulli output channel.
+    model = build_hierarchical_vae((4, 4, 1), 8, 1, 2, [1, 4], likelihood="bernoulli")
+    at4, at1 = 4 * 4, 1  # pixels per map
+    block4 = at4 * (8 * 2 + 9 * 2 * 2 + 9 * 2 * 2 + 2 * 8)  # 1x1, 3x3, 3x3, 1x1 (residual, 8 -> 8)
+    block1 = at1 * (8 * 2 + 2 * 2 + 2 * 2 + 2 * 8)          # 1x1 only at sides <= 2
+    prior = at4 * (8 * 2 + 9 * 2 * 2 + 9 * 2 * 2 + 2 * (2 * 2 + 8)) + at1 * (8 * 2 + 2 * 2 + 2 * 2 + 2 * (2 * 2 + 8))
+    posterior = at4 * (16 * 2 + 9 * 2 * 2 + 9 * 2 * 2 + 2 * 4) + at1 * (16 * 2 + 2 * 2 + 2 * 2 + 2 * 4)
+    assert hierarchical_forward_macs(model) == {
+        "stem": at4 * 9 * 1 * 8, "encoder blocks": block4 + block1, "projections": 0,
+        "priors": prior, "posteriors": posterior, "z projections": (at4 + at1) * 2 * 8,
+        "group residual blocks": block4 + block1, "decoder blocks": 0, "output": at4 * 8 * 1}
+    assert training_flops_per_image(model) == 6 * 8640 == 51_840
+
