@@ -42,3 +42,25 @@ def test_flops_of_a_tiny_hierarchical_vae_match_a_hand_count():
         "group residual blocks": block4 + block1, "decoder blocks": 0, "output": at4 * 8 * 1}
     assert training_flops_per_image(model) == 6 * 8640 == 51_840
 
+
+def test_the_vdvae_mapping_of_the_cifar_hierarchical_preset():
+    import vdvae_peer
+    from kit.model_options import resolution_chain
+    from vae_cifar10 import CIFAR10
+
+    preset, kit = CIFAR10.presets["hierarchical"], vdvae_peer.KIT_CIFAR_PRESET
+    assert (preset["hvae_widths"], preset["hvae_blocks"], preset["latent_channels"]) == (
+        [kit["widths"]], kit["blocks"], kit["latent_channels"])
+    assert [preset[k] for k in ("latent_resolutions", "mixture_components", "batch_size", "lr", "adam_beta2",
+                                "weight_decay", "warmup_steps", "ema", "grad_clip", "skip_threshold")] == [
+        kit[k] for k in ("latent_resolutions", "mixture_components", "batch_size", "lr", "adam_beta2",
+                         "weight_decay", "warmup_steps", "ema", "grad_clip", "skip_threshold")]
+    assert all(vdvae_peer.resolution_chain(s) == resolution_chain(s) for s in (1, 2, 7, 8, 28, 32, 64, 96))
+    hps, matched, _ = vdvae_peer.vdvae_hps()
+    # 1, 1, 2, 2, 1 blocks at 32, 16, 8, 4, 1, pooling after each but the last: VDVAE's "RdF" is a
+    # block then pooling by F. Groups 1, 4, 4, 8, 8, 8, 16, 16 plus one for the plain block at 32.
+    assert hps["enc_blocks"] == "32d2,16d2,8x1,8d2,4x1,4d4,1x1"
+    assert hps["dec_blocks"] == "1x1,4m1,4x1,8m4,8x2,16m8,16x1,32m16"
+    assert matched == [1, 4, 4, 8, 8, 8, 16, 16, 32]
+    assert (hps["width"], hps["zdim"], hps["n_batch"], hps["num_mixtures"]) == (64, 8, 32, 5)
+    assert hps["grad_clip"] == 130_000 / 3072 and hps["skip_threshold"] == 650_000 / 3072
