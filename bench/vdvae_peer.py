@@ -6,7 +6,7 @@ interleaved on this machine's CPU.
     /work/venv-vdvae/bin/pip install -r bench/requirements-vdvae.txt   # CPU PyTorch, its own venv
     git clone https://github.com/openai/vdvae /tmp/vdvae                # or any copy of it
     python bench/vdvae_peer.py --vdvae /tmp/vdvae --torch-python /work/venv-vdvae/bin/python \\
-        --data-dir <CIFAR-10 folder> --rounds 8 --steps 10
+        --data-dir <CIFAR-10 folder> --rounds 8 --steps 6
 
 --vdvae is a work tree of the repository or a bare git directory of it (read with git show). Its
 files are never copied into this repository: they are read at run time into a temporary folder,
@@ -17,13 +17,19 @@ clip_grad_norm_, the NaN checks, the update of its AdamW unless skipped, the EMA
 by the scheduler's step, as its train_loop runs them, with the model and optimizer from its
 train_helpers.load_vaes and load_opt and the hyperparameters from its hps.py argument parser.
 
-Three sides, each in its own long-lived process (TensorFlow and PyTorch never share one), timed in
-turn round after round (bench/interleave.py), each with 2 intra-op and 2 inter-op threads:
-  kit-preset   the kit at --preset hierarchical (8 latent groups, a plain residual block at 32x32)
-  kit-matched  the kit with the architecture VDVAE's block strings can express (vdvae_hps below):
-               the plain block at 32x32 becomes a ninth latent group there
-  vdvae        the official code at that architecture
-kit-matched against vdvae is the like-for-like ratio; kit-preset says what the preset itself costs.
+Sides, each in its own long-lived process (TensorFlow and PyTorch never share one), timed in turn
+round after round (bench/interleave.py), with 2 intra-op and 2 inter-op threads unless named:
+  kit-preset     the kit at --preset hierarchical (8 latent groups, a plain residual block at 32x32)
+  kit-matched    the kit with the architecture VDVAE's block strings can express (vdvae_hps below):
+                 the plain block at 32x32 becomes a ninth latent group there
+  vdvae          the official code at that architecture
+  vdvae-passive  the same with OMP_WAIT_POLICY=PASSIVE (PyTorch's OpenMP threads sleep, not spin,
+                 while they wait: on cores that other jobs share, spinning stalls every kernel)
+  kit-matched-1thread, vdvae-1thread   1 intra- and 1 inter-op thread each
+  kit-matched-onednn-1thread           the same with TensorFlow's oneDNN kernels on
+                                       (TF_ENABLE_ONEDNN_OPTS=1; off by default without AVX-512)
+The default runs all but the last. kit-matched against vdvae is the like-for-like ratio;
+kit-preset says what the preset itself costs.
 """
 import argparse
 import json
@@ -39,11 +45,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from interleave import run_interleaved, summarize  # noqa: E402
+from kit.model_options import resolution_chain  # noqa: E402  (TensorFlow-free, as this file)
 
 # The kit's CIFAR-10 --preset hierarchical (vae_cifar10.py's DEFAULT table and "hierarchical"
-# preset, kit/config.py's HIERARCHICAL_TRAINING), written out so that this file needs neither
-# TensorFlow nor the kit's modules to state the mapping; tests/test_bench.py checks it against
-# the preset.
+# preset, kit/config.py's HIERARCHICAL_TRAINING), written out so that this file needs no
+# TensorFlow (its VDVAE worker runs in PyTorch's venv); tests/test_bench.py checks it against the
+# preset.
 KIT_CIFAR_PRESET = dict(image_shape=(32, 32, 3), widths=64, blocks=[1, 1, 2, 2, 1], latent_channels=8,
                         latent_resolutions=[1, 4, 4, 8, 8, 8, 16, 16], bottleneck_ratio=0.25,
                         mixture_components=5, batch_size=32, lr=2e-3, adam_beta2=0.9, weight_decay=0.01,
@@ -68,16 +75,6 @@ PATCHES = {
 FILES = ("hps.py", "vae.py", "vae_helpers.py", "utils.py", "train_helpers.py", "train.py")
 # VDVAE's CIFAR-10 preprocessing (data.py): the input standardized, the target on [-1, 1].
 VDVAE_CIFAR_SHIFT, VDVAE_CIFAR_SCALE = -120.63838, 1.0 / 64.16736
-
-
-def resolution_chain(size):
-    """kit.model_options.resolution_chain, repeated here TensorFlow- and kit-free (tested equal)."""
-    chain = [size]
-    while chain[-1] % 2 == 0 and chain[-1] // 2 >= 4:
-        chain.append(chain[-1] // 2)
-    if chain[-1] > 1:
-        chain.append(1)
-    return chain
 
 
 def vdvae_hps(preset=KIT_CIFAR_PRESET):
@@ -299,6 +296,9 @@ def main():
         "vdvae-passive": (torch + ["--threads", str(args.threads)], {**env, "OMP_WAIT_POLICY": "PASSIVE"}),
         "kit-matched-1thread": (matched_kit + one, env),  # the later --intra/--inter win
         "vdvae-1thread": (torch + ["--threads", "1"], env),
+        # TensorFlow leaves its oneDNN kernels off on CPUs without AVX-512 VNNI/BF16 or AMX (PyTorch
+        # uses oneDNN for its convolutions everywhere): the kit with them on, at 1 thread.
+        "kit-matched-onednn-1thread": (matched_kit + one, {**env, "TF_ENABLE_ONEDNN_OPTS": "1"}),
     }
     sides = {name: sides[name] for name in args.sides.split(",")}
     infos, timings = run_interleaved(sides, args.rounds, args.steps)
@@ -309,7 +309,7 @@ def main():
         print(f"| {name} | {r['framework']} | {r['parameters']:,} | {r['ms_per_step']:.0f} | "
               f"{r['images_per_second']:.1f} | {r['ms_per_step_median_of_steps']:.0f} | {r['ms_per_step_min']:.0f} |")
     pairs = [("kit-preset", "vdvae"), ("kit-matched", "vdvae"), ("kit-matched", "vdvae-passive"),
-             ("kit-matched-1thread", "vdvae-1thread")]
+             ("kit-matched-1thread", "vdvae-1thread"), ("kit-matched-onednn-1thread", "vdvae-1thread")]
     for kit_side, peer in pairs:
         if kit_side in results and peer in results:
             ratios = sorted(k / v for k, v in zip(results[kit_side]["ms_per_step_rounds"],

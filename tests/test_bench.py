@@ -45,7 +45,6 @@ def test_flops_of_a_tiny_hierarchical_vae_match_a_hand_count():
 
 def test_the_vdvae_mapping_of_the_cifar_hierarchical_preset():
     import vdvae_peer
-    from kit.model_options import resolution_chain
     from vae_cifar10 import CIFAR10
 
     preset, kit = CIFAR10.presets["hierarchical"], vdvae_peer.KIT_CIFAR_PRESET
@@ -55,7 +54,6 @@ def test_the_vdvae_mapping_of_the_cifar_hierarchical_preset():
                                 "weight_decay", "warmup_steps", "ema", "grad_clip", "skip_threshold")] == [
         kit[k] for k in ("latent_resolutions", "mixture_components", "batch_size", "lr", "adam_beta2",
                          "weight_decay", "warmup_steps", "ema", "grad_clip", "skip_threshold")]
-    assert all(vdvae_peer.resolution_chain(s) == resolution_chain(s) for s in (1, 2, 7, 8, 28, 32, 64, 96))
     hps, matched, _ = vdvae_peer.vdvae_hps()
     # 1, 1, 2, 2, 1 blocks at 32, 16, 8, 4, 1, pooling after each but the last: VDVAE's "RdF" is a
     # block then pooling by F. Groups 1, 4, 4, 8, 8, 8, 16, 16 plus one for the plain block at 32.
