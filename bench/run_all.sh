@@ -58,13 +58,13 @@ $PY bench/optimizer_comparison.py --dataset cifar10 $CIFAR_ARGS --configs adamw 
 # The hierarchical preset's FLOPs, share of the matmul peak, profile, and what XLA, batch 64 and
 # thread settings buy, all timed interleaved (issue 24, item 4; docs/BENCHMARKS.md, "Hierarchical
 # VAE: FLOPs, profile and the official VDVAE code side by side").
-$PY bench/hierarchical_variants.py $CIFAR_ARGS --fashion-data-dir /usr/share/datasets/fashion-mnist \
+$PY bench/hierarchical_variants.py $CIFAR_ARGS \
     --rounds 8 --steps 6 --json bench/results/hierarchical_variants.json | tee bench/results/hierarchical_variants.md
 $PY bench/profile_epoch.py --dataset cifar10 $CIFAR_ARGS --preset hierarchical --steps 30 \
     | tee bench/results/profile_hierarchical_cifar10.md
 # Optional (item 5): the official openai/vdvae training step beside the kit's. It needs PyTorch in a
 # venv of its own (never the kit's) and a copy of github.com/openai/vdvae:
-#   python3 -m venv /work/venv-vdvae && /work/venv-vdvae/bin/pip install -r bench/requirements-vdvae.txt
-#   git clone https://github.com/openai/vdvae /tmp/vdvae
-# $PY bench/vdvae_peer.py --vdvae /tmp/vdvae --torch-python /work/venv-vdvae/bin/python $CIFAR_ARGS \
+#   python3 -m venv .venv-vdvae && .venv-vdvae/bin/pip install -r bench/requirements-vdvae.txt
+#   git clone https://github.com/openai/vdvae ../vdvae
+# $PY bench/vdvae_peer.py --vdvae ../vdvae $CIFAR_ARGS \
 #     --rounds 8 --steps 6 --json bench/results/vdvae_peer.json | tee bench/results/vdvae_peer.md

@@ -2,10 +2,10 @@
 one training step each, at the kit's CIFAR-10 `--preset hierarchical` configuration, timed
 interleaved on this machine's CPU.
 
-    python3 -m venv /work/venv-vdvae
-    /work/venv-vdvae/bin/pip install -r bench/requirements-vdvae.txt   # CPU PyTorch, its own venv
-    git clone https://github.com/openai/vdvae /tmp/vdvae                # or any copy of it
-    python bench/vdvae_peer.py --vdvae /tmp/vdvae --torch-python /work/venv-vdvae/bin/python \\
+    python3 -m venv .venv-vdvae
+    .venv-vdvae/bin/pip install -r bench/requirements-vdvae.txt   # CPU PyTorch, its own venv
+    git clone https://github.com/openai/vdvae ../vdvae                  # or any copy of it
+    python bench/vdvae_peer.py --vdvae ../vdvae --torch-python .venv-vdvae/bin/python \\
         --data-dir <CIFAR-10 folder> --rounds 8 --steps 6
 
 --vdvae is a work tree of the repository or a bare git directory of it (read with git show). Its
@@ -254,7 +254,7 @@ def vdvae_worker(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vdvae", required=True, help="openai/vdvae: a work tree or a bare git directory")
-    p.add_argument("--torch-python", default="/work/venv-vdvae/bin/python",
+    p.add_argument("--torch-python", default=str(ROOT / ".venv-vdvae" / "bin" / "python"),
                    help="the Python of the venv with bench/requirements-vdvae.txt")
     p.add_argument("--data-dir", help="the CIFAR-10 folder (cifar-10-batches-py); default: random images")
     p.add_argument("--rounds", type=int, default=8)
