@@ -8,9 +8,9 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import shutil
 import sys
+import tempfile
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -169,12 +169,10 @@ def creation_problem(path, existing):
     missing = [p for p in (path, *path.parents) if p != existing and existing in p.parents]
     if not missing:
         return None
-    probe = existing / f".vae-kit-probe-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        probe.mkdir()
+        os.rmdir(tempfile.mkdtemp(prefix=".vae-kit-probe-", dir=existing))
     except OSError as err:
         return f"cannot make {missing[-1]}: {err.strerror or err}"
-    probe.rmdir()
     return None
 
 
