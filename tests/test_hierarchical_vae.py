@@ -208,6 +208,7 @@ def test_skipped_updates_are_counted_and_leave_weights_and_ema_alone():
         np.testing.assert_array_equal(a, average.numpy())
 
 
+@pytest.mark.scenario  # 18-23 s each: make test took 5 min 4 s in a slow hour (2026-12-03); CI runs the scenarios too
 def test_a_gradient_spike_is_skipped_counted_and_warned(capsys):
     from kit.callbacks import SkippedUpdatesWarning
     x = bars(32)
@@ -274,6 +275,7 @@ def test_validation_draws_fixed_noise_of_its_own_with_the_ema_weights():
     assert model.evaluate(x_val, batch_size=4, verbose=0, return_dict=True)["loss"] != pytest.approx(again, rel=1e-3)
 
 
+@pytest.mark.scenario  # 18-23 s each: make test took 5 min 4 s in a slow hour (2026-12-03); CI runs the scenarios too
 def test_mixed_bfloat16_gives_float32_losses_and_finite_gradients():
     try:
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
