@@ -6,6 +6,7 @@ Units: nats, float32. Sources as in kit/hierarchical_vae.py.
 import math
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from kit.likelihoods import LOG_2PI
@@ -136,15 +137,15 @@ class LatentGroup(layers.Layer):
 
     def prior(self, h):
         """(p_mean, p_log_std, h plus the prior block's state channels)."""
-        out = self.prior_block(h)
-        c = self.latent_channels
-        return out[..., :c], smoothed_log_std(out[..., c:2 * c]), h + ops.cast(out[..., 2 * c:], h.dtype)
+        c = self.latent_channels  # split, not sliced: a slice's gradient writes a zero tensor of out
+        mean, raw_log_std, state = tf.split(self.prior_block(h), [c, c, self.width], axis=-1)
+        return mean, smoothed_log_std(raw_log_std), h + ops.cast(state, h.dtype)
 
     def posterior(self, h, activation):
         """(q_mean, q_log_std) from the state h and the encoder's activation at this resolution."""
         out = self.posterior_block(ops.concatenate([h, ops.cast(activation, h.dtype)], axis=-1))
-        c = self.latent_channels
-        return out[..., :c], smoothed_log_std(out[..., c:])
+        mean, raw_log_std = tf.split(out, 2, axis=-1)
+        return mean, smoothed_log_std(raw_log_std)
 
     def update(self, h, z):
         """The next state h, from this one and the group's z."""

@@ -190,15 +190,16 @@ def split_mixture_outputs(outputs, channels, components):
     and means, log_scales, coeffs (B, H, W, C, K), coeffs = tanh(raw) (None unless C = 3).
 
     Channel layout: [K logits | C*K means | C*K log-scales | C*K coefficients], each block c-major.
+    One reshape and one split, no slices: a slice's gradient writes a zero tensor of the whole
+    input (13 % of the hierarchical VAE's step, docs/BENCHMARKS.md), a split's is one concatenation.
     """
     outputs = ops.cast(outputs, "float32")
     kinds = 3 if channels == 3 else 2
     shape = ops.shape(outputs)
-    logits = outputs[..., :components]
-    params = ops.reshape(outputs[..., components:],
-                         (shape[0], shape[1], shape[2], kinds, channels, components))
-    coeffs = ops.tanh(params[..., 2, :, :]) if kinds == 3 else None
-    return logits, params[..., 0, :, :], params[..., 1, :, :], coeffs
+    blocks = ops.reshape(outputs, (shape[0], shape[1], shape[2], 1 + kinds * channels, components))
+    logits, *params = tf.split(blocks, [1] + [channels] * kinds, axis=-2)
+    coeffs = ops.tanh(params[2]) if kinds == 3 else None
+    return ops.squeeze(logits, axis=-2), params[0], params[1], coeffs
 
 
 def discretized_logistic_mixture_log_prob(x, outputs, components):
@@ -209,11 +210,11 @@ def discretized_logistic_mixture_log_prob(x, outputs, components):
     channels = levels.shape[-1]
     logits, means, log_scales, coeffs = split_mixture_outputs(outputs, channels, components)
     if coeffs is not None:
-        values = (levels / (PIXEL_LEVELS - 1))[..., None]           # (B, H, W, C, 1)
-        means = ops.stack([means[..., 0, :],
-                           means[..., 1, :] + coeffs[..., 0, :] * values[..., 0, :],
-                           means[..., 2, :] + coeffs[..., 1, :] * values[..., 0, :]
-                           + coeffs[..., 2, :] * values[..., 1, :]], axis=-2)
+        red, green, _ = ops.unstack((levels / (PIXEL_LEVELS - 1))[..., None], axis=-2)  # (B, H, W, 1)
+        mean_r, mean_g, mean_b = ops.unstack(means, axis=-2)
+        coeff_rg, coeff_rb, coeff_gb = ops.unstack(coeffs, axis=-2)
+        means = ops.stack([mean_r, mean_g + coeff_rg * red, mean_b + coeff_rb * red + coeff_gb * green],
+                          axis=-2)
     log_probs = discretized_logistic_log_prob(levels[..., None], means, log_scales)  # (B, H, W, C, K)
     return ops.logsumexp(ops.log_softmax(logits, axis=-1) + ops.sum(log_probs, axis=-2), axis=-1)
 
@@ -231,11 +232,12 @@ def discretized_logistic_mixture_mean(outputs, channels, components):
     if coeffs is None:
         per_component = discretized_logistic_mean(means, log_scales)          # (B, H, W, C, K)
     else:
-        red = discretized_logistic_mean(means[..., 0, :], log_scales[..., 0, :])
-        green = discretized_logistic_mean(means[..., 1, :] + coeffs[..., 0, :] * red,
-                                          log_scales[..., 1, :])
-        blue = discretized_logistic_mean(means[..., 2, :] + coeffs[..., 1, :] * red
-                                         + coeffs[..., 2, :] * green, log_scales[..., 2, :])
+        mean_r, mean_g, mean_b = ops.unstack(means, axis=-2)
+        scale_r, scale_g, scale_b = ops.unstack(log_scales, axis=-2)
+        coeff_rg, coeff_rb, coeff_gb = ops.unstack(coeffs, axis=-2)
+        red = discretized_logistic_mean(mean_r, scale_r)
+        green = discretized_logistic_mean(mean_g + coeff_rg * red, scale_g)
+        blue = discretized_logistic_mean(mean_b + coeff_rb * red + coeff_gb * green, scale_b)
         per_component = ops.stack([red, green, blue], axis=-2)
     return ops.sum(ops.softmax(logits, axis=-1)[..., None, :] * per_component, axis=-1)
 
