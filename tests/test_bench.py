@@ -62,3 +62,14 @@ def test_the_vdvae_mapping_of_the_cifar_hierarchical_preset():
     assert matched == [1, 4, 4, 8, 8, 8, 16, 16, 32]
     assert (hps["width"], hps["zdim"], hps["n_batch"], hps["num_mixtures"]) == (64, 8, 32, 5)
     assert hps["grad_clip"] == 130_000 / 3072 and hps["skip_threshold"] == 650_000 / 3072
+
+
+def test_step_versions_bench_starts_and_names_its_options():
+    """bench/step_versions.py imports without TensorFlow and asks for the commit to compare with."""
+    import subprocess
+    script = ROOT / "bench" / "step_versions.py"
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--before" in done.stdout and "--data-dir" in done.stdout
+    missing = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "--before" in missing.stderr
