@@ -1,6 +1,8 @@
 """The benchmark's FLOP count against a hand count for the keras.io architecture."""
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -64,12 +66,13 @@ def test_the_vdvae_mapping_of_the_cifar_hierarchical_preset():
     assert hps["grad_clip"] == 130_000 / 3072 and hps["skip_threshold"] == 650_000 / 3072
 
 
-def test_step_versions_bench_starts_and_names_its_options():
-    """bench/step_versions.py imports without TensorFlow and asks for the commit to compare with."""
+@pytest.mark.parametrize("script, required", [("step_versions.py", "--before"), ("gradient_norms.py", "model")])
+def test_bench_scripts_start_and_name_their_options(script, required):
+    """These bench scripts parse their options before TensorFlow and refuse a missing one (exit 2)."""
     import subprocess
-    script = ROOT / "bench" / "step_versions.py"
-    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
+    path = ROOT / "bench" / script
+    done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "--before" in done.stdout and "--data-dir" in done.stdout
-    missing = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 2 and "--before" in missing.stderr
+    assert required in done.stdout and "--data-dir" in done.stdout
+    missing = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and required in missing.stderr
