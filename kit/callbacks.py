@@ -85,6 +85,34 @@ class SkippedUpdatesWarning(keras.callbacks.Callback):
                   f"finite or above --skip-threshold {self.model.skip_threshold or 0:g}", file=sys.stderr)
 
 
+class StopWhenFrozen(keras.callbacks.Callback):
+    """Stops training (exit 3) once `limit` updates in a row were skipped: the weights no longer
+    move, so the rest of the run would change nothing (a 7-epoch CIFAR-10 run froze so:
+    docs/BENCHMARKS.md). The last checkpoint stays; its weights are the frozen ones."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+
+    def counts(self):
+        return int(self.model.optimizer.iterations.numpy()), float(self.model.skipped_updates.numpy())
+
+    def on_train_begin(self, logs=None):
+        self.applied, self.skipped_at_last_update = self.counts()
+
+    def on_train_batch_end(self, batch, logs=None):
+        applied, skipped = self.counts()
+        if applied != self.applied:
+            self.applied, self.skipped_at_last_update = applied, skipped
+        elif skipped - self.skipped_at_last_update >= self.limit:
+            threshold = self.model.skip_threshold
+            raise TrainingStopped(
+                f"the last {skipped - self.skipped_at_last_update:.0f} updates were all skipped, their gradient "
+                f"norm above --skip-threshold {threshold or 0:g} or not finite: the weights no longer move. "
+                f"A --resume keeps that threshold; train anew with a higher one (0: skip only non-finite "
+                f"updates)", 3)
+
+
 class StopOnSignal(keras.callbacks.Callback):
     """Ctrl-C / SIGTERM stop training after the running step; a second Ctrl-C exits at once."""
 

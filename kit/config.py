@@ -42,6 +42,9 @@ OPTIMIZER_DEFAULTS = dict(adam_beta2=0.999, weight_decay=0.0, warmup_steps=0, em
 HIERARCHICAL_TRAINING = dict(adam_beta2=0.9, weight_decay=0.01, warmup_steps=100, ema=0.99)
 # The warning line when more than this fraction of an epoch's updates were skipped (issue 25).
 SKIPPED_UPDATES_WARNING_FRACTION = 0.01
+# Training stops (exit 3) after this many skipped updates in a row: the weights no longer move
+# (a tenth of a CIFAR-10 epoch of the hierarchical preset; one skipped spike is nowhere near).
+FROZEN_UPDATES_LIMIT = 200
 
 # Options that are the same for every data set (the data sets' tables hold the rest).
 RUN_DEFAULTS = dict(**OPTIMIZER_DEFAULTS, seed=0, data_dir=None, limit=None, validation_images=5000, iw_samples=100,

@@ -33,7 +33,8 @@ class LockedError(UsageError):
 
 
 class TrainingStopped(KitError):
-    """Training ended early; `exit_code` says why (130 SIGINT, 143 SIGTERM, 3 non-finite loss)."""
+    """Training ended early; `exit_code` says why (130 SIGINT, 143 SIGTERM, 3 non-finite loss or
+    every update skipped)."""
 
     def __init__(self, message, exit_code):
         super().__init__(message)

@@ -19,10 +19,10 @@ import tensorflow as tf
 import common  # noqa: F401  (registers the model classes for keras.models.load_model)
 from kit.atomic_files import atomic_path, file_sha256, read_csv, write_json, write_text
 from kit.callbacks import (EpochCheckpoint, EpochTimer, KLWarmup, RankOneStepOutputs, ResumeInsideEpoch,
-                           SkippedUpdatesWarning,
+                           SkippedUpdatesWarning, StopWhenFrozen,
                            StopOnNonFinite, StopOnSignal, first_line, load_checkpoint, load_model_file,
                            stop_on_signal_at_once)
-from kit.config import GMM_FIT_IMAGES, SKIPPED_UPDATES_WARNING_FRACTION, data_problem
+from kit.config import FROZEN_UPDATES_LIMIT, GMM_FIT_IMAGES, SKIPPED_UPDATES_WARNING_FRACTION, data_problem
 from kit.errors import DamagedRunError, TrainingStopped, UsageError, WriteError
 from kit.guards import digest_problem, estimate_for, free_space_warning, is_chief, is_int
 from kit import sample_quality
@@ -301,7 +301,7 @@ def training_callbacks(config, spec, splits, history, inside_epoch=None):
     """Epoch timer, KL warm-up, NaN and signal stops, the checkpoints (every epoch, which appends
     to `history` and redraws the loss curves, and every --checkpoint-minutes inside one), and, from
     a checkpoint `inside_epoch`, the rest of that epoch; with --ema validation with the EMA weights;
-    for the hierarchical VAE a warning when many updates were skipped."""
+    for the hierarchical VAE a warning when many updates were skipped, and a stop when none moves."""
     outdir = Path(config.outdir)
     title = data_title(spec, splits)
     note = (latent_groups_note(config.latent_resolutions, config.latent_channels)
@@ -318,7 +318,7 @@ def training_callbacks(config, spec, splits, history, inside_epoch=None):
     if config.ema:  # validation with the EMA weights (the checkpoint keeps the raw ones as well)
         callbacks.insert(0, keras.callbacks.SwapEMAWeights())
     if config.arch == "hierarchical":
-        callbacks.append(SkippedUpdatesWarning(SKIPPED_UPDATES_WARNING_FRACTION))
+        callbacks += [SkippedUpdatesWarning(SKIPPED_UPDATES_WARNING_FRACTION), StopWhenFrozen(FROZEN_UPDATES_LIMIT)]
     if config.kl_warmup:
         callbacks.insert(0, KLWarmup(config.beta, config.kl_warmup))
     if config.tensorboard and is_chief():  # one log, not one per worker

@@ -208,6 +208,33 @@ def test_skipped_updates_are_counted_and_leave_weights_and_ema_alone():
         np.testing.assert_array_equal(a, average.numpy())
 
 
+@pytest.mark.parametrize("damaged, stopped_after", [((1, 3), None), ((1, 2), 3)])
+def test_training_stops_when_updates_are_skipped_in_a_row(damaged, stopped_after):
+    """StopWhenFrozen(2): two skipped updates in a row stop training (exit 3); one between applied
+    ones does not. Batches with a NaN pixel are the skipped ones (non-finite gradients)."""
+    from kit.callbacks import StopWhenFrozen
+    from kit.errors import TrainingStopped
+    model = tiny()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)
+    x = images(40)  # 5 batches of 8, in order
+    for b in damaged:
+        x[8 * b, 0, 0, 0] = np.nan
+    seen = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: batches.append(batch))
+    batches = []
+    fit = lambda: model.fit(x, epochs=1, batch_size=8, shuffle=False, verbose=0,  # noqa: E731
+                            callbacks=[StopWhenFrozen(2), seen])
+    if stopped_after is None:
+        fit()
+        assert len(batches) == 5 and int(model.optimizer.iterations.numpy()) == 3
+    else:
+        with pytest.raises(TrainingStopped) as stop:
+            fit()
+        assert stop.value.exit_code == 3
+        assert "the last 2 updates were all skipped" in str(stop.value)
+        assert len(batches) == stopped_after - 1  # the stop came at the end of batch `stopped_after`
+        assert int(model.optimizer.iterations.numpy()) == 1
+
+
 @pytest.mark.scenario  # 18-23 s each: make test took 5 min 4 s in a slow hour (2026-12-03); CI runs the scenarios too
 def test_a_gradient_spike_is_skipped_counted_and_warned(capsys):
     from kit.callbacks import SkippedUpdatesWarning
