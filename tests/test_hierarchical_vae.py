@@ -208,7 +208,7 @@ def test_skipped_updates_are_counted_and_leave_weights_and_ema_alone():
         np.testing.assert_array_equal(a, average.numpy())
 
 
-@pytest.mark.parametrize("damaged, stopped_after", [((1, 3), None), ((1, 2), 3)])
+@pytest.mark.parametrize("damaged, stopped_after", [((0, 2), None), ((1, 2), 3)])
 def test_training_stops_when_updates_are_skipped_in_a_row(damaged, stopped_after):
     """StopWhenFrozen(2): two skipped updates in a row stop training (exit 3); one between applied
     ones does not. Batches with a NaN pixel are the skipped ones (non-finite gradients)."""
@@ -216,7 +216,7 @@ def test_training_stops_when_updates_are_skipped_in_a_row(damaged, stopped_after
     from kit.errors import TrainingStopped
     model = tiny()
     model.compile(optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)
-    x = images(40)  # 5 batches of 8, in order
+    x = images(24)  # 3 batches of 8, in order
     for b in damaged:
         x[8 * b, 0, 0, 0] = np.nan
     seen = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: batches.append(batch))
@@ -225,7 +225,7 @@ def test_training_stops_when_updates_are_skipped_in_a_row(damaged, stopped_after
                             callbacks=[StopWhenFrozen(2), seen])
     if stopped_after is None:
         fit()
-        assert len(batches) == 5 and int(model.optimizer.iterations.numpy()) == 3
+        assert len(batches) == 3 and int(model.optimizer.iterations.numpy()) == 1
     else:
         with pytest.raises(TrainingStopped) as stop:
             fit()
@@ -270,6 +270,7 @@ def test_a_gradient_spike_is_skipped_counted_and_warned(capsys):
     assert all(np.array_equal(a, b) for a, b in zip(weights, clean))
 
 
+@pytest.mark.scenario  # 57 s: make test took 4 min 49 s on 2026-12-03; CI runs the scenarios too
 def test_validation_draws_fixed_noise_of_its_own_with_the_ema_weights():
     model = tiny()
     model.compile(optimizer=keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.5))
