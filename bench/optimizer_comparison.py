@@ -1,5 +1,5 @@
 """The hierarchical preset's optimizer settings compared step for step on the validation split, and
-its gradient norms (from which the presets' --grad-clip and --skip-threshold are set).
+its gradient norms (from which the presets' --clip-factor and --skip-factor are set).
 
     python bench/optimizer_comparison.py --configs adam,adam-b2,adamw --steps 1500 --eval-every 500 \
         --eval-images 1000 --ema 0.99,0.998
@@ -14,7 +14,8 @@ with fixed noise, with the raw weights and with an EMA of them at each --ema rat
 Keras' use_ema keeps it: not debiased, the first step copies the weights). The
 configurations run back to back in one process, so their times compare (ratios), though the
 comparison is by images seen, not by time. At the end: the gradient norms' quantiles per
-configuration after the first WARMUP_STEPS updates (the hierarchical preset's warm-up).
+configuration after the first WARMUP_STEPS updates (the hierarchical preset's warm-up), and the
+quantiles of every norm over the running level of the norms before it.
 """
 import argparse
 import json
@@ -33,6 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from kit.data import load_cifar10, load_fashion_mnist  # noqa: E402
+from kit.model_options import NORM_LEVEL_RATE  # noqa: E402
 from kit.models import build_model  # noqa: E402
 
 # name -> (optimizer class, keyword arguments, warm-up steps)
@@ -44,6 +46,17 @@ CONFIGS = {
 }
 QUANTILES = (50, 90, 99, 99.9, 100)
 WARMUP_STEPS = 100  # left out of the quantiles, for every configuration
+
+
+def ratios_to_running_level(norms, rate):
+    """Each norm over the running level of the norms before it (the hierarchical VAE's: an EMA at
+    `rate` that starts at the first norm), from which --clip-factor and --skip-factor are set."""
+    level, ratios = None, []
+    for norm in norms:
+        if level is not None:
+            ratios.append(norm / level)
+        level = norm if level is None else rate * level + (1 - rate) * norm
+    return np.array(ratios)
 
 
 def preset(dataset):
@@ -126,10 +139,13 @@ def run(name, args, spec, table, splits, initial):
     model.fit(data, epochs=1, steps_per_epoch=args.steps, callbacks=[Record()], verbose=0)
     seconds = time.perf_counter() - started
     q = np.percentile(norms[WARMUP_STEPS:] or norms, QUANTILES).tolist()  # all of a short run
+    ratios = ratios_to_running_level(norms, NORM_LEVEL_RATE)[WARMUP_STEPS - 1:]  # of norms after the warm-up
+    r = np.percentile(ratios if len(ratios) else [np.nan], QUANTILES).tolist()
     print(f"{name:14s} done: {args.steps} steps in {seconds:.0f} s; gradient norm quantiles after "
-          f"update {WARMUP_STEPS} {'/'.join(map(str, QUANTILES))}: {[round(v, 1) for v in q]}", flush=True)
+          f"update {WARMUP_STEPS} {'/'.join(map(str, QUANTILES))}: {[round(v, 1) for v in q]}; "
+          f"over their running level (EMA {NORM_LEVEL_RATE}): {[round(v, 2) for v in r]}", flush=True)
     return {"curve": curve, "seconds": seconds, "norm_quantiles": dict(zip(map(str, QUANTILES), q)),
-            "norms": norms}
+            "level_ratio_quantiles": dict(zip(map(str, QUANTILES), r)), "norms": norms}
 
 
 def main():

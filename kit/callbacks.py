@@ -82,7 +82,14 @@ class SkippedUpdatesWarning(keras.callbacks.Callback):
         if steps and skipped > self.fraction * steps:
             print(f"warning: epoch {epoch + 1} skipped {skipped:.0f} of its {steps} updates "
                   f"({skipped / steps:.1%}, more than {self.fraction:.0%}): their gradient norm was not "
-                  f"finite or above --skip-threshold {self.model.skip_threshold or 0:g}", file=sys.stderr)
+                  f"finite or above {skip_rule(self.model)}", file=sys.stderr)
+
+
+def skip_rule(model):
+    """The model's skip thresholds in words, as its options name them."""
+    rules = [f"--skip-threshold {model.skip_threshold:g}" if model.skip_threshold else "",
+             f"--skip-factor {model.skip_factor:g} times the norm's running level" if model.skip_factor else ""]
+    return " or ".join(rule for rule in rules if rule) or "no skip threshold (--skip-threshold 0)"
 
 
 class StopWhenFrozen(keras.callbacks.Callback):
@@ -105,12 +112,10 @@ class StopWhenFrozen(keras.callbacks.Callback):
         if applied != self.applied:
             self.applied, self.skipped_at_last_update = applied, skipped
         elif skipped - self.skipped_at_last_update >= self.limit:
-            threshold = self.model.skip_threshold
             raise TrainingStopped(
                 f"the last {skipped - self.skipped_at_last_update:.0f} updates were all skipped, their gradient "
-                f"norm above --skip-threshold {threshold or 0:g} or not finite: the weights no longer move. "
-                f"A --resume keeps that threshold; train anew with a higher one (0: skip only non-finite "
-                f"updates)", 3)
+                f"norm above {skip_rule(self.model)} or not finite: the weights no longer move. A --resume "
+                f"keeps that threshold; train anew with a higher one (0: skip only non-finite updates)", 3)
 
 
 class StopOnSignal(keras.callbacks.Callback):

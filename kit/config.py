@@ -126,6 +126,8 @@ class Config:
     latent_resolutions: list
     grad_clip: float
     skip_threshold: float
+    clip_factor: float
+    skip_factor: float
     # the run: RUN_DEFAULTS
     seed: int
     outdir: str
@@ -167,7 +169,7 @@ class Config:
 
 # The hierarchical VAE's own options (kit/hierarchical_vae.py), in every data set's tables.
 HIERARCHICAL_FIELDS = ("hvae_widths", "hvae_blocks", "latent_channels", "latent_resolutions",
-                       "grad_clip", "skip_threshold")
+                       "grad_clip", "skip_threshold", "clip_factor", "skip_factor")
 MODEL_FIELDS = ("latent_dim", "epochs", "batch_size", "beta", "lr", "lr_schedule", "kl_warmup",
                 "likelihood", "gaussian_sigma", "mixture_components", "arch", "blocks_per_resolution",
                 "encoder_filters", "encoder_dense", "decoder_filters", "decoder_dense",
@@ -239,10 +241,16 @@ def build_parser(spec):
                         "groups there); in any order, recorded coarse first as the model builds them")
     p.add_argument("--grad-clip", type=float, metavar="NORM",
                    help="hierarchical: clip the gradient's global norm (of the per-image loss) to NORM; "
-                        "0 = off (default VDVAE's 200 per dimension)")
+                        "0 = off (default 0: --clip-factor instead)")
     p.add_argument("--skip-threshold", type=float, metavar="NORM",
                    help="hierarchical: skip updates whose gradient norm is above NORM; 0 = only "
-                        "non-finite ones (default VDVAE's 400 per dimension)")
+                        "non-finite ones (default 0: --skip-factor instead)")
+    p.add_argument("--clip-factor", type=float, metavar="F",
+                   help="hierarchical: clip the gradient's norm to F times its running level (an EMA "
+                        "of the norms); 0 = off (default: the data set's table)")
+    p.add_argument("--skip-factor", type=float, metavar="F",
+                   help="hierarchical: skip updates whose gradient norm is above F (> 1) times its "
+                        "running level; 0 = off (default: the data set's table)")
     p.add_argument("--seed", type=int, help="seeds Python, NumPy and Keras (default 0)")
     p.add_argument("--outdir", help=f"where outputs go (default {spec.default_outdir})")
     p.add_argument("--data-dir", help="folder with the official data files (no fallback)")
@@ -338,8 +346,9 @@ def saved_options(outdir, explicit, spec):
                          f"{spec.name}); resume it with vae_{dataset}.py")
     saved = {k: v for k, v in saved.items()
              if k in FIELD_TYPES and k not in ("dataset", "explicit", "resume", "eval_only", "outdir")}
-    # A run from before the optimizer options trained with Adam's defaults, whatever its preset says now.
-    saved = {**OPTIMIZER_DEFAULTS, **saved}
+    # A run from before the optimizer options trained with Adam's defaults, whatever its preset says
+    # now; one from before the relative thresholds, without them.
+    saved = {**OPTIMIZER_DEFAULTS, "clip_factor": 0.0, "skip_factor": 0.0, **saved}
     for name, value in saved.items():
         if not has_type(value, FIELD_TYPES[name]):
             raise DamagedRunError(f"the checkpoint in {outdir} is damaged: config.json: {name} is "
@@ -392,10 +401,13 @@ def value_problem(v, spec):
     if v["beta"] < 0:
         return f"--beta must be a finite number >= 0, got {v['beta']}"
     for name, off in (("temperature", ""), ("grad_clip", "0 is off; "), ("skip_threshold", "0 is off; "),
+                      ("clip_factor", "0 is off; "), ("skip_factor", "0 is off; "),
                       ("checkpoint_minutes", "0: at epoch ends only; ")):
         if not (math.isfinite(v[name]) and 0 <= v[name] <= FLOAT32_MAX):
             return (f"{option(name)} must be a finite number >= 0 ({off}at most {FLOAT32_MAX:.4g}, "
                     f"float32), got {v[name]}")
+    if 0 < v["skip_factor"] <= 1:  # the level would follow the skipped norms down: every update skipped
+        return f"--skip-factor must be 0 (off) or above 1, got {v['skip_factor']}"
     if v["lr"] <= 0:
         return f"--lr must be a finite number > 0, got {v['lr']}"
     if v["gmm_components"] <= 0:

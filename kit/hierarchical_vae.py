@@ -38,7 +38,7 @@ from kit.hierarchical_blocks import (GIVEN, LN2, POSTERIOR, POSTERIOR_MEAN, PRIO
                                      log_softplus, smoothed_log_std, sum_per_image)
 from kit.hierarchical_eval import EVAL_BATCH, IWAE_DECODES_PER_CALL, Evaluation  # noqa: F401
 from kit.likelihoods import global_batch_mean
-from kit.model_options import GAUSSIAN_SIGMA_MODES, LIKELIHOODS, decoder_output_channels
+from kit.model_options import GAUSSIAN_SIGMA_MODES, LIKELIHOODS, NORM_LEVEL_RATE, decoder_output_channels
 # The resolutions and VDVAE's thresholds are TensorFlow-free, so that the options can check them.
 from kit.model_options import (VDVAE_GRAD_CLIP_PER_DIM, VDVAE_SKIP_THRESHOLD_PER_DIM,  # noqa: F401
                                resolution_chain, vdvae_thresholds)
@@ -246,7 +246,8 @@ class GuardedUpdate:
 
     def apply_guarded_gradients(self, gradients):
         """The global gradient norm (before clipping), after applying the gradients clipped to norm
-        grad_clip, unless the norm is non-finite or above skip_threshold (VDVAE)."""
+        grad_clip and to clip_factor times the norm's running level, unless the norm is non-finite or
+        above skip_threshold or skip_factor times that level (VDVAE's update, relative thresholds)."""
         # Under tf.distribute the gradients are summed over replicas here, so the norm, the clipping
         # and the decision are the global batch's, the same on every replica and as on one device.
         weights = self.trainable_weights
@@ -261,18 +262,44 @@ class GuardedUpdate:
         scale = ops.cast(self.optimizer.dynamic_scale, "float32") if loss_scaled else 1.0
         norm = tf.linalg.global_norm([ops.cast(g, "float32") for g in gradients]) / scale
         finite = ops.isfinite(norm)
-        too_large = ops.logical_and(finite, norm > self.skip_threshold) if self.skip_threshold else False
+        clip, skip_above = self._thresholds()
+        too_large = ops.logical_and(finite, norm > skip_above) if skip_above is not None else False
         # A LossScaleOptimizer skips non-finite steps itself and lowers its scale; pass those on.
         skip = too_large if loss_scaled else ops.logical_or(ops.logical_not(finite), too_large)
         factor = 1.0
-        if self.grad_clip:
-            factor = ops.where(finite, ops.minimum(1.0, self.grad_clip / ops.maximum(norm, 1e-30)), 1.0)
+        if clip is not None:
+            factor = ops.where(finite, ops.minimum(1.0, clip / ops.maximum(norm, 1e-30)), 1.0)
+        self._follow_norm_level(norm, finite, skip_above)
         # The optimizer sums replicas' gradients again (Keras' TF optimizer), hence / replicas.
         gradients = [g * ops.cast(factor / replicas, g.dtype) for g in gradients]
         self.skipped_updates.assign_add(ops.cast(ops.logical_or(skip, ops.logical_not(finite)), "float32"))
         self.gradient_norm.assign(norm)
         self._apply_unless(skip, gradients, weights, context)
         return norm
+
+    def _thresholds(self):
+        """(clip, skip) norms for this update, None where off: the fixed ones (grad_clip,
+        skip_threshold), or the relative ones times the running level where lower; the relative ones
+        act from the second update on, once the level has a value."""
+        level = ops.convert_to_tensor(self.gradient_norm_level)
+        unset = ops.cast(3.0e38, "float32")  # before the first update: no relative threshold
+
+        def threshold(fixed, relative):
+            if not relative:
+                return None if not fixed else ops.convert_to_tensor(fixed, "float32")
+            value = ops.where(level > 0, relative * level, unset)
+            return ops.minimum(value, fixed) if fixed else value
+
+        return threshold(self.grad_clip, self.clip_factor), threshold(self.skip_threshold, self.skip_factor)
+
+    def _follow_norm_level(self, norm, finite, skip_above):
+        """The running level of the gradient norm (NORM_LEVEL_RATE): the first finite norm, then an
+        EMA of the finite norms, each counted at most at the skip threshold. So a spike moves it little,
+        and a norm that keeps growing raises the thresholds with it: updates are never all skipped."""
+        level = ops.convert_to_tensor(self.gradient_norm_level)
+        counted = norm if skip_above is None else ops.minimum(norm, skip_above)
+        followed = ops.where(level > 0, NORM_LEVEL_RATE * level + (1.0 - NORM_LEVEL_RATE) * counted, norm)
+        self.gradient_norm_level.assign(ops.where(finite, followed, level))
 
     def _apply_unless(self, skip, gradients, weights, context):
         """Applies the gradients unless `skip` (a bool or a boolean tensor)."""
@@ -332,7 +359,7 @@ class HierarchicalVAE(Encoder, Decoder, GuardedUpdate, Evaluation, common.Optimi
     def __init__(self, image_shape, widths, blocks_per_resolution, latent_channels, latent_resolutions,
                  likelihood="discretized-logistic-mixture", mixture_components=5, gaussian_sigma="optimal",
                  beta=1.0, dataset=None, seed=None, bottleneck_ratio=0.25, decoder_blocks_per_resolution=None,
-                 grad_clip=None, skip_threshold=None, **kwargs):
+                 grad_clip=None, skip_threshold=None, clip_factor=None, skip_factor=None, **kwargs):
         super().__init__(**kwargs)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, not {likelihood!r}")
@@ -348,6 +375,8 @@ class HierarchicalVAE(Encoder, Decoder, GuardedUpdate, Evaluation, common.Optimi
         self.seed, self.bottleneck_ratio = seed, float(bottleneck_ratio)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.skip_threshold = None if skip_threshold is None else float(skip_threshold)
+        self.clip_factor = None if clip_factor is None else float(clip_factor)
+        self.skip_factor = None if skip_factor is None else float(skip_factor)
         self.widths = _ints_by_resolution(widths, self.chain, "widths")
         self.middle_widths = {r: max(1, int(round(w * self.bottleneck_ratio))) for r, w in self.widths.items()}
         self.encoder_blocks = _ints_by_resolution(blocks_per_resolution, self.chain, "blocks_per_resolution")
@@ -371,7 +400,8 @@ class HierarchicalVAE(Encoder, Decoder, GuardedUpdate, Evaluation, common.Optimi
                             gaussian_sigma=gaussian_sigma, dataset=dataset, seed=seed,
                             bottleneck_ratio=self.bottleneck_ratio,
                             decoder_blocks_per_resolution=_with_string_keys(decoder_blocks_per_resolution),
-                            grad_clip=self.grad_clip, skip_threshold=self.skip_threshold)
+                            grad_clip=self.grad_clip, skip_threshold=self.skip_threshold,
+                            clip_factor=self.clip_factor, skip_factor=self.skip_factor)
         self._make_encoder_layers()
         self._make_decoder_layers(decoder_output_channels(likelihood, image_shape[-1], self.mixture_components))
         self._make_model_state(beta, seed)
@@ -397,6 +427,11 @@ class HierarchicalVAE(Encoder, Decoder, GuardedUpdate, Evaluation, common.Optimi
                                              initializer="zeros", autocast=False)
         if self.likelihood == "gaussian":
             self._add_gaussian_sigma_weights()
+        # The running level of the gradient norm, to which clip_factor and skip_factor are relative
+        # (0 until the first update). Made last: a model saved before it existed loads without it.
+        self.gradient_norm_level = self.add_weight(name="gradient_norm_level", shape=(), dtype="float32",
+                                                   trainable=False, aggregation="only_first_replica",
+                                                   initializer="zeros", autocast=False)
         names = (["loss", "reconstruction_loss", "kl_loss"]
                  + [f"kl_group_{i}" for i in range(len(self.group_resolutions))])
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
@@ -490,6 +525,18 @@ class HierarchicalVAE(Encoder, Decoder, GuardedUpdate, Evaluation, common.Optimi
         self.validation_seed_generator.state.assign(self._validation_seed_start)
 
     # --- saving -------------------------------------------------------------------------------------
+    def load_own_variables(self, store):
+        """Keras' loading; a model saved before gradient_norm_level existed (2026-12-03) lacks only
+        that, the last of its variables: it starts at 0, as in a new model."""
+        if len(store.keys()) == len(self.weights_owned()) - 1:
+            store = {**{key: store[key] for key in store.keys()},
+                     str(len(self.weights_owned()) - 1): np.zeros((), "float32")}
+        super().load_own_variables(store)
+
+    def weights_owned(self):
+        """The variables the model itself holds (not its layers'), in Keras' saving order."""
+        return self._trainable_variables + self._non_trainable_variables
+
     def get_config(self):
         return {**super().get_config(), **self._config, "beta": float(ops.convert_to_numpy(self.beta))}
 
@@ -511,15 +558,18 @@ class HierarchicalVAE(Encoder, Decoder, GuardedUpdate, Evaluation, common.Optimi
 # middle width over their width (VDVAE 0.25). grad_clip / skip_threshold: the global gradient
 # norm (of the per-image loss's batch mean, nats) to clip to / above which to skip the update
 # (VDVAE); None turns clipping / skipping of finite norms off (non-finite ones are always skipped).
-# vdvae_thresholds(image_shape) gives VDVAE's CIFAR-10 values in these units.
+# vdvae_thresholds(image_shape) gives VDVAE's CIFAR-10 values in these units. clip_factor /
+# skip_factor: the same, in multiples of the norm's running level (NORM_LEVEL_RATE); None is off.
 def build_hierarchical_vae(image_shape, widths, blocks_per_resolution, latent_channels, latent_resolutions,
                            likelihood="discretized-logistic-mixture", mixture_components=5,
                            gaussian_sigma="optimal", beta=1.0, dataset=None, seed=None, bottleneck_ratio=0.25,
-                           decoder_blocks_per_resolution=None, grad_clip=None, skip_threshold=None):
+                           decoder_blocks_per_resolution=None, grad_clip=None, skip_threshold=None,
+                           clip_factor=None, skip_factor=None):
     """A built HierarchicalVAE (the arguments: the comment above)."""
     return HierarchicalVAE(image_shape, widths, blocks_per_resolution, latent_channels, latent_resolutions,
                            likelihood=likelihood, mixture_components=mixture_components,
                            gaussian_sigma=gaussian_sigma, beta=beta, dataset=dataset, seed=seed,
                            bottleneck_ratio=bottleneck_ratio,
                            decoder_blocks_per_resolution=decoder_blocks_per_resolution,
-                           grad_clip=grad_clip, skip_threshold=skip_threshold, name="hierarchical_vae")
+                           grad_clip=grad_clip, skip_threshold=skip_threshold, clip_factor=clip_factor,
+                           skip_factor=skip_factor, name="hierarchical_vae")

@@ -14,6 +14,10 @@ ARCHITECTURES = (*CONV_ARCHITECTURES, "hierarchical")
 # larger, so the same thresholds are these times D (see vdvae_thresholds).
 VDVAE_GRAD_CLIP_PER_DIM = 200.0
 VDVAE_SKIP_THRESHOLD_PER_DIM = 400.0
+# The hierarchical VAE's running level of its gradient norm, to which --clip-factor and
+# --skip-factor are relative: an exponential moving average at this rate per update (a memory of
+# about 100 updates), so the thresholds follow the norm as it grows in training (docs/HIERARCHICAL.md).
+NORM_LEVEL_RATE = 0.99
 
 
 def decoder_output_channels(likelihood, image_channels, mixture_components=5):

@@ -9,15 +9,17 @@ KIT_MODELS = (VAE, HierarchicalVAE)
 def build_model(image_shape, dataset, seed, arch, likelihood, mixture_components, gaussian_sigma, beta,
                 latent_dim, encoder_filters, encoder_dense, decoder_filters, decoder_dense,
                 blocks_per_resolution, hvae_widths, hvae_blocks, latent_channels, latent_resolutions,
-                grad_clip, skip_threshold):
+                grad_clip, skip_threshold, clip_factor=0, skip_factor=0):
     """A built model for the options of kit.config.Config.model_options(). The hierarchical VAE's
-    widths and blocks are one value or one per resolution; grad_clip / skip_threshold 0 is off."""
+    widths and blocks are one value or one per resolution; grad_clip, skip_threshold, clip_factor,
+    skip_factor: 0 is off."""
     if arch == "hierarchical":
         return build_hierarchical_vae(
             image_shape, one_or_all(hvae_widths), one_or_all(hvae_blocks), latent_channels,
             list(latent_resolutions), likelihood=likelihood, mixture_components=mixture_components,
             gaussian_sigma=gaussian_sigma, beta=beta, dataset=dataset, seed=seed,
-            grad_clip=grad_clip or None, skip_threshold=skip_threshold or None)
+            grad_clip=grad_clip or None, skip_threshold=skip_threshold or None,
+            clip_factor=clip_factor or None, skip_factor=skip_factor or None)
     return build_vae(image_shape, latent_dim, encoder_filters, encoder_dense, decoder_filters, decoder_dense,
                      beta=beta, likelihood=likelihood, dataset=dataset, seed=seed,
                      gaussian_sigma=gaussian_sigma, mixture_components=mixture_components, arch=arch,

@@ -53,9 +53,11 @@ def test_the_vdvae_mapping_of_the_cifar_hierarchical_preset():
     assert (preset["hvae_widths"], preset["hvae_blocks"], preset["latent_channels"]) == (
         [kit["widths"]], kit["blocks"], kit["latent_channels"])
     assert [preset[k] for k in ("latent_resolutions", "mixture_components", "batch_size", "lr", "adam_beta2",
-                                "weight_decay", "warmup_steps", "ema", "grad_clip", "skip_threshold")] == [
+                                "weight_decay", "warmup_steps", "ema", "grad_clip", "skip_threshold",
+                                "clip_factor", "skip_factor")] == [
         kit[k] for k in ("latent_resolutions", "mixture_components", "batch_size", "lr", "adam_beta2",
-                         "weight_decay", "warmup_steps", "ema", "grad_clip", "skip_threshold")]
+                         "weight_decay", "warmup_steps", "ema", "grad_clip", "skip_threshold",
+                         "clip_factor", "skip_factor")]
     hps, matched, _ = vdvae_peer.vdvae_hps()
     # 1, 1, 2, 2, 1 blocks at 32, 16, 8, 4, 1, pooling after each but the last: VDVAE's "RdF" is a
     # block then pooling by F. Groups 1, 4, 4, 8, 8, 8, 16, 16 plus one for the plain block at 32.

@@ -128,7 +128,8 @@ def test_samples_are_images_at_every_temperature_and_repeat_with_the_seed():
 
 
 def test_save_and_load_reproduce_the_elbo_terms_with_the_same_noise(tmp_path):
-    model = tiny("gaussian", beta=0.5, dataset="tiny", grad_clip=100.0, skip_threshold=1e4)
+    model = tiny("gaussian", beta=0.5, dataset="tiny", grad_clip=100.0, skip_threshold=1e4, clip_factor=2.0,
+                 skip_factor=8.0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)  # eager: no minutes of tracing
     x = images(16)
     model.fit(x, epochs=1, batch_size=8, verbose=0)  # moves the weights and the Gaussian's running sigma
@@ -136,7 +137,8 @@ def test_save_and_load_reproduce_the_elbo_terms_with_the_same_noise(tmp_path):
     loaded = keras.models.load_model(tmp_path / "model.keras")
     assert isinstance(loaded, HierarchicalVAE)
     assert (loaded.likelihood, loaded.dataset, loaded.latent_shapes) == ("gaussian", "tiny", model.latent_shapes)
-    assert (loaded.grad_clip, loaded.skip_threshold) == (100.0, 1e4)
+    assert (loaded.grad_clip, loaded.skip_threshold, loaded.clip_factor, loaded.skip_factor) == (100.0, 1e4, 2.0, 8.0)
+    assert float(loaded.gradient_norm_level.numpy()) == float(model.gradient_norm_level.numpy()) > 0
     assert float(loaded.beta.numpy()) == 0.5
     assert float(loaded.gaussian_mse_average.numpy()) == float(model.gaussian_mse_average.numpy()) > 0
     noise = model.draw_noise(16, seed=4)
@@ -206,6 +208,61 @@ def test_skipped_updates_are_counted_and_leave_weights_and_ema_alone():
     assert any(not np.array_equal(a, w) for a, w in zip(after, before))
     for a, average in zip(after, optimizer._model_variables_moving_average):
         np.testing.assert_array_equal(a, average.numpy())
+
+
+def _guarded_step(model, norm):
+    """One guarded update (SGD, lr 1) with a gradient of global `norm` along all ones; returns the
+    norm of the change of the weights."""
+    weights = model.trainable_weights
+    size = sum(int(np.prod(w.shape)) for w in weights)
+    before = _weights(model)
+    model.apply_guarded_gradients([tf.fill(w.shape, np.float32(norm / np.sqrt(size))) for w in weights])
+    return np.sqrt(sum(np.sum((a - w) ** 2) for a, w in zip(_weights(model), before)))
+
+
+def test_relative_thresholds_follow_the_running_level_of_the_norm():
+    """clip_factor / skip_factor act at multiples of the running level (an EMA at 0.99 of the norms,
+    each counted at most at the skip threshold), computed here by hand."""
+    model = tiny(clip_factor=1.5, skip_factor=10.0)
+    model.compile(optimizer=keras.optimizers.SGD(1.0))
+    assert float(model.gradient_norm_level.numpy()) == 0.0
+    assert _guarded_step(model, 2.0) == pytest.approx(2.0, rel=1e-5)  # no level yet: nothing clipped
+    assert float(model.gradient_norm_level.numpy()) == pytest.approx(2.0)  # the first norm
+    assert _guarded_step(model, 4.0) == pytest.approx(3.0, rel=1e-5)  # clipped to 1.5 x 2
+    level = 0.99 * 2.0 + 0.01 * 4.0
+    assert float(model.gradient_norm_level.numpy()) == pytest.approx(level, rel=1e-6)
+    assert _guarded_step(model, 100.0) == 0.0  # above 10 x the level: skipped, counted
+    assert float(model.skipped_updates.numpy()) == 1.0 and int(model.optimizer.iterations.numpy()) == 2
+    level = 0.99 * level + 0.01 * 10.0 * level  # the spike counts at the threshold only
+    assert float(model.gradient_norm_level.numpy()) == pytest.approx(level, rel=1e-6)
+    assert _guarded_step(model, np.inf) == 0.0  # non-finite: skipped, the level unchanged
+    assert float(model.gradient_norm_level.numpy()) == pytest.approx(level, rel=1e-6)
+    assert float(model.skipped_updates.numpy()) == 2.0
+
+
+def test_a_norm_that_jumps_and_stays_is_followed_not_frozen():
+    """After the norm jumps 20x and stays there, the level grows by 1 + 0.01 x (5 - 1) per skipped
+    update: 1.04^k < 20 / 5 for k = 0 .. 35, so exactly 36 updates are skipped, then they apply."""
+    model = tiny(skip_factor=5.0)
+    model.compile(optimizer=keras.optimizers.SGD(1e-3))
+    _guarded_step(model, 1.0)
+    applied = [_guarded_step(model, 20.0) > 0 for _ in range(45)]
+    assert applied.index(True) == 36 and all(applied[36:])
+    assert float(model.skipped_updates.numpy()) == 36.0
+
+
+def test_a_model_saved_before_the_norm_level_loads_with_the_level_at_zero():
+    model = tiny(skip_factor=5.0)
+    model.beta.assign(0.25)
+    model.gradient_norm_level.assign(7.0)
+    owned = model.weights_owned()
+    assert owned[-1] is model.gradient_norm_level  # made last, so older files lack only the last
+    older = {str(i): v.numpy() for i, v in enumerate(owned[:-1])}
+    loaded = tiny(skip_factor=5.0)
+    loaded.load_own_variables(older)
+    assert float(loaded.beta.numpy()) == 0.25 and float(loaded.gradient_norm_level.numpy()) == 0.0
+    with pytest.raises(ValueError):  # anything else missing is still an error
+        loaded.load_own_variables({str(i): v.numpy() for i, v in enumerate(owned[:-2])})
 
 
 @pytest.mark.parametrize("damaged, stopped_after", [((0, 2), None), ((1, 2), 3)])
