@@ -24,6 +24,7 @@ import keras  # noqa: E402
 from kit import sample_quality  # noqa: E402
 from kit.evaluate import prior_samples  # noqa: E402
 from kit.pictures import plot_image_grid  # noqa: E402
+from kit.run import data_title  # noqa: E402  (names the JPEG copy as such)
 
 
 def floats(text):
@@ -67,7 +68,8 @@ def main():
                       "best_temperature": best}))
     if args.plot:
         plot_image_grid(prior_samples(model, 100, args.seed, best), args.plot,
-                        f"{spec.title}: prior samples at temperature {best:g} (FD {fd_by_temperature[best]:.2f})")
+                        f"{data_title(spec, splits)}: prior samples at temperature {best:g} "
+                        f"(FD {fd_by_temperature[best]:.2f})")
 
 
 if __name__ == "__main__":
